@@ -1,0 +1,2 @@
+#include <cstdio>
+int main() { std::puts("attn: command line pending"); return 0; }

@@ -1,0 +1,37 @@
+# Turns the CUDA backend on when nvcc is found (ATTN_CUDA=AUTO), or as ATTN_CUDA says.
+# Sets ATTN_WITH_CUDA and defines attn_configure_cuda_target().
+set(ATTN_WITH_CUDA OFF)
+if(NOT ATTN_CUDA STREQUAL "OFF")
+  include(CheckLanguage)
+  if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(ATTN_WITH_CUDA ON)
+  elseif(ATTN_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "ATTN_CUDA=ON but no CUDA compiler (nvcc) was found")
+  endif()
+endif()
+
+if(ATTN_WITH_CUDA)
+  # sm_80 (mma.sync) and sm_90a (wgmma + TMA); the sm_80 code also runs on sm_90.
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    set(CMAKE_CUDA_ARCHITECTURES 80-real 90a-real)
+  endif()
+  enable_language(CUDA)
+  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  find_package(CUDAToolkit REQUIRED)
+  message(STATUS "attn: CUDA backend ON (${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
+else()
+  message(STATUS "attn: CUDA backend OFF")
+endif()
+
+function(attn_configure_cuda_target target)
+  target_compile_definitions(${target} PUBLIC ATTN_WITH_CUDA=1)
+  target_link_libraries(${target} PUBLIC CUDA::cudart)
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr --use_fast_math -lineinfo>)
+  set_target_properties(${target} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
+endfunction()
