@@ -1,0 +1,50 @@
+#include "attn/modules/rope.hpp"
+
+#include <cmath>
+#include <vector>
+
+namespace attn::modules {
+
+void RopeConfig::check(const char* name, int head_dim) const {
+  const int r = resolved_dim(head_dim);
+  ATTN_CHECK(r > 0 && r % 2 == 0 && r <= head_dim, name, ".rotary_dim: expected an even value in [2, head_dim = ",
+             head_dim, "] (or 0 for all), got ", rotary_dim);
+  ATTN_CHECK(base > 1.0 && std::isfinite(base), name, ".base: expected a finite value > 1, got ", base);
+}
+
+void apply_rope(const TensorView& x, std::span<const std::int64_t> start_positions, const RopeConfig& rope) {
+  ATTN_CHECK(x.defined() && x.ndim == 4 && x.dtype == DType::f32 && x.device.is_cpu() && x.stride_of(-1) == 1,
+             "x: expected a CPU f32 (batch, seqlen, heads, head_dim) tensor with unit last stride");
+  const int batch = int(x.size(0)), seqlen = int(x.size(1)), heads = int(x.size(2)), head_dim = int(x.size(3));
+  ATTN_CHECK(std::int64_t(start_positions.size()) == batch, "start_positions: expected ", batch,
+             " entries (one per sequence), got ", start_positions.size());
+  rope.check("rope", head_dim);
+  const int half = rope.resolved_dim(head_dim) / 2;
+  // Feature pair i: (first, second) offsets inside the head.
+  const int stride_a = rope.style == RopeStyle::neox ? 1 : 2;
+  const int second = rope.style == RopeStyle::neox ? half : 1;
+  std::vector<double> inv_freq(static_cast<std::size_t>(half));
+  for (int i = 0; i < half; ++i) inv_freq[std::size_t(i)] = std::pow(rope.base, -2.0 * i / (2.0 * half));
+  std::vector<float> cos_t(static_cast<std::size_t>(half)), sin_t(static_cast<std::size_t>(half));
+  for (int b = 0; b < batch; ++b)
+    for (int s = 0; s < seqlen; ++s) {
+      // Angles in double: positions reach 1e5+ where f32 products lose the phase.
+      const double pos = double(start_positions[std::size_t(b)] + s);
+      for (int i = 0; i < half; ++i) {
+        cos_t[std::size_t(i)] = float(std::cos(pos * inv_freq[std::size_t(i)]));
+        sin_t[std::size_t(i)] = float(std::sin(pos * inv_freq[std::size_t(i)]));
+      }
+      for (int h = 0; h < heads; ++h) {
+        float* v = x.as<float>() + b * x.stride[0] + s * x.stride[1] + h * x.stride[2];
+        for (int i = 0; i < half; ++i) {
+          float& a = v[i * stride_a];
+          float& c = v[i * stride_a + second];
+          const float a0 = a, c0 = c;
+          a = a0 * cos_t[std::size_t(i)] - c0 * sin_t[std::size_t(i)];
+          c = a0 * sin_t[std::size_t(i)] + c0 * cos_t[std::size_t(i)];
+        }
+      }
+    }
+}
+
+}  // namespace attn::modules
