@@ -26,6 +26,29 @@ Mat linear64(const Mat& x, const modules::Linear& l) {
   return y;
 }
 
+Mat norm64(const Mat& x, const modules::Norm& n) {
+  Mat y(x.rows, x.cols);
+  for (std::int64_t r = 0; r < x.rows; ++r) {
+    double mean = 0, ms = 0;
+    if (n.kind == modules::NormKind::layer_norm) {
+      for (std::int64_t c = 0; c < x.cols; ++c) mean += x(r, c);
+      mean /= double(x.cols);
+    }
+    for (std::int64_t c = 0; c < x.cols; ++c) ms += (x(r, c) - mean) * (x(r, c) - mean);
+    const double inv = 1.0 / std::sqrt(ms / double(x.cols) + double(n.eps));
+    for (std::int64_t c = 0; c < x.cols; ++c)
+      y(r, c) = (x(r, c) - mean) * inv * n.weight.as<float>()[c] + (n.bias.defined() ? n.bias.as<float>()[c] : 0.0);
+  }
+  return y;
+}
+
+Mat cols(const Mat& x, std::int64_t first, std::int64_t count) {
+  Mat y(x.rows, count);
+  for (std::int64_t r = 0; r < x.rows; ++r)
+    for (std::int64_t c = 0; c < count; ++c) y(r, c) = x(r, first + c);
+  return y;
+}
+
 void rope64(Mat& x, int heads, int head_dim, std::int64_t start, const modules::RopeConfig& rope) {
   const int rot = rope.rotary_dim == 0 ? head_dim : rope.rotary_dim;
   for (std::int64_t t = 0; t < x.rows; ++t)

@@ -8,6 +8,7 @@
 
 #include "attn/attention.hpp"
 #include "attn/modules/linear.hpp"
+#include "attn/modules/norm.hpp"
 #include "attn/modules/rope.hpp"
 
 namespace attn::test {
@@ -26,6 +27,10 @@ struct Mat {
 Mat to_mat(const TensorView& t);
 /// x W^T + b in double.
 Mat linear64(const Mat& x, const modules::Linear& l);
+/// LayerNorm / RMSNorm of each row in double.
+Mat norm64(const Mat& x, const modules::Norm& n);
+/// Columns [first, first + count) of x.
+Mat cols(const Mat& x, std::int64_t first, std::int64_t count);
 /// RoPE in double on rows laid out (tokens, heads * head_dim); token t sits at position start + t.
 void rope64(Mat& x, int heads, int head_dim, std::int64_t start, const modules::RopeConfig& rope);
 /// Attention via Backend::reference in f64: q (Sq, H * D), k (Sk, Hk * D), v (Sk, Hk * Dv) of one sequence.
