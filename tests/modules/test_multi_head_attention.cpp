@@ -139,6 +139,24 @@ TEST(MultiHeadAttention, WindowMaskWithChunkedPrefillMatchesFloat64) {
   EXPECT_LT(test::max_rel_err(second, want), 2e-6);
 }
 
+TEST(MultiHeadAttention, FullyMaskedRowsGiveTheOutputBiasAlone) {
+  MHAConfig c{.d_model = 16, .heads = 2, .kv_heads = 1, .rope = RopeConfig{}};
+  const MultiHeadAttention layer = random_layer(c, true);
+  // Block-sparse layout (2 x 2 blocks of 4): the second query block sees no key block.
+  Tensor layout({2, 2}, DType::u8);
+  const std::uint8_t blocks[4] = {1, 0, 0, 0};
+  std::copy_n(blocks, 4, layout.as<std::uint8_t>());
+  AttentionParams params;
+  params.mask.block_layout = layout;
+  params.mask.block_q = 4;
+  params.mask.block_k = 4;
+  const Tensor x = test::randn({1, 8, 16}, DType::f32);
+  const Tensor y = layer.forward(x, params, Backend::reference);
+  EXPECT_LT(test::max_rel_err(y, layer64(layer, test::rows_of(x, 0, 0, 8), 0, params)), 2e-6);
+  for (int t = 4; t < 8; ++t)
+    for (int e = 0; e < 16; ++e) EXPECT_EQ(y.as<float>()[t * 16 + e], layer.weights().o.bias.as<float>()[e]);
+}
+
 TEST(MultiHeadAttention, BadConfigsNameTheArgument) {
   const auto message = [](const MHAConfig& c) {
     try {
