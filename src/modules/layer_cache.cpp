@@ -57,6 +57,11 @@ void attend_each(const TensorView& q, const TensorView& k, const TensorView& v, 
   }
 }
 
+void reset_slot(std::vector<std::int64_t>& lengths, int b) {
+  ATTN_CHECK(b >= 0 && b < int(lengths.size()), "b: expected a sequence in [0, ", lengths.size(), "), got ", b);
+  lengths[std::size_t(b)] = 0;
+}
+
 }  // namespace
 
 ContiguousKVCache::ContiguousKVCache(int batch, std::int64_t capacity, int heads_kv, int head_dim, int head_dim_v) {
@@ -68,6 +73,8 @@ ContiguousKVCache::ContiguousKVCache(int batch, std::int64_t capacity, int heads
   values_ = Tensor({batch, capacity, heads_kv, head_dim_v}, DType::f32);
   lengths_.assign(std::size_t(batch), 0);
 }
+
+void ContiguousKVCache::reset(int b) { reset_slot(lengths_, b); }
 
 void ContiguousKVCache::append(const TensorView& k, const TensorView& v) {
   check_f32(k, "k", 4);
@@ -100,6 +107,8 @@ ContiguousLatentCache::ContiguousLatentCache(int batch, std::int64_t capacity, i
   rows_ = Tensor({batch, capacity, 1, kv_lora_rank + rope_dim}, DType::f32);
   lengths_.assign(std::size_t(batch), 0);
 }
+
+void ContiguousLatentCache::reset(int b) { reset_slot(lengths_, b); }
 
 void ContiguousLatentCache::append(const TensorView& c_kv, const TensorView& k_rope) {
   check_f32(c_kv, "c_kv", 3);

@@ -139,6 +139,31 @@ TEST(MultiHeadAttention, WindowMaskWithChunkedPrefillMatchesFloat64) {
   EXPECT_LT(test::max_rel_err(second, want), 2e-6);
 }
 
+TEST(MultiHeadAttention, SequencesOfDifferentLengthsInOneBatch) {
+  MHAConfig c{.d_model = 32, .heads = 4, .kv_heads = 2, .rope = RopeConfig{}};
+  const MultiHeadAttention layer = random_layer(c, false);
+  AttentionParams params;
+  params.mask = Mask::causal_mask();
+  // Both slots hold 6 tokens; slot 0 is then reused for a new sequence, so the next 3 tokens
+  // sit at positions 0..2 in slot 0 and 6..8 in slot 1.
+  modules::ContiguousKVCache cache = layer.make_cache(2, 12);
+  const Tensor first = test::randn({2, 6, 32}, DType::f32), next = test::randn({2, 3, 32}, DType::f32);
+  layer.forward(first, params, Backend::reference, &cache);
+  cache.reset(0);
+  const Tensor y = layer.forward(next, params, Backend::reference, &cache);
+  EXPECT_EQ(cache.seqlen(0), 3);
+  EXPECT_EQ(cache.seqlen(1), 9);
+  Mat seq1(9, 32);
+  for (int t = 0; t < 9; ++t)
+    for (int e = 0; e < 32; ++e)
+      seq1(t, e) = t < 6 ? first.as<float>()[(6 + t) * 32 + e] : next.as<float>()[(3 + t - 6) * 32 + e];
+  Tensor y0({3, 32}, DType::f32), y1({3, 32}, DType::f32);
+  std::copy_n(y.as<float>(), 96, y0.as<float>());
+  std::copy_n(y.as<float>() + 96, 96, y1.as<float>());
+  EXPECT_LT(test::max_rel_err(y0, layer64(layer, test::rows_of(next, 0, 0, 3), 0, params)), 2e-6);
+  EXPECT_LT(test::max_rel_err(y1, layer64(layer, seq1, 6, params)), 2e-6);
+}
+
 TEST(MultiHeadAttention, FullyMaskedRowsGiveTheOutputBiasAlone) {
   MHAConfig c{.d_model = 16, .heads = 2, .kv_heads = 1, .rope = RopeConfig{}};
   const MultiHeadAttention layer = random_layer(c, true);

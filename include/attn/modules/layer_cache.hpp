@@ -55,6 +55,8 @@ class ContiguousKVCache final : public LayerKVCache {
   int batch_size() const override { return int(lengths_.size()); }
   std::int64_t seqlen(int b) const override { return lengths_.at(std::size_t(b)); }
   std::int64_t capacity() const { return keys_.size(1); }
+  /// Empties sequence b's slot for a new sequence; the others keep their tokens.
+  void reset(int b);
   void append(const TensorView& k, const TensorView& v) override;
   void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
               Backend backend) const override;
@@ -72,6 +74,8 @@ class ContiguousLatentCache final : public LatentKVCache {
   int batch_size() const override { return int(lengths_.size()); }
   std::int64_t seqlen(int b) const override { return lengths_.at(std::size_t(b)); }
   std::int64_t capacity() const { return rows_.size(1); }
+  /// Empties sequence b's slot for a new sequence; the others keep their tokens.
+  void reset(int b);
   int kv_lora_rank() const override { return kv_lora_rank_; }
   int rope_dim() const override { return rope_dim_; }
   void append(const TensorView& c_kv, const TensorView& k_rope) override;
