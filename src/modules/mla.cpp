@@ -1,5 +1,6 @@
 #include "attn/modules/mla.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -185,6 +186,20 @@ void MultiHeadLatentAttention::attend_absorbed(const Tensor& q, const LatentKVCa
                        o_head.as<float>(), rows, r, dv);
     copy_block(o_head.as<float>(), dv, 0, out.as<float>(), h * dv, hh * dv, rows, dv);
   }
+}
+
+SplitKvUp split_kv_b_proj(const Linear& kv_b_proj, const MLAConfig& config) {
+  config.check();
+  const std::int64_t h = config.heads, n = config.qk_nope_head_dim, v = config.v_head_dim, r = config.kv_lora_rank;
+  kv_b_proj.check("kv_b_proj", h * (n + v), r);
+  ATTN_CHECK(!kv_b_proj.bias.defined(), "kv_b_proj.bias: expected none (MLA's up-projections have no bias)");
+  SplitKvUp split{{Tensor({h * n, r}, DType::f32), {}}, {Tensor({h * v, r}, DType::f32), {}}};
+  const float* w = kv_b_proj.weight.as<float>();
+  for (std::int64_t hh = 0; hh < h; ++hh) {
+    std::copy_n(w + hh * (n + v) * r, n * r, split.k_up.weight.as<float>() + hh * n * r);
+    std::copy_n(w + (hh * (n + v) + n) * r, v * r, split.v_up.weight.as<float>() + hh * v * r);
+  }
+  return split;
 }
 
 std::int64_t kv_cache_bytes_per_token(int layers, int kv_heads, int head_dim, int head_dim_v, DType dtype) {

@@ -187,6 +187,22 @@ TEST(Mla, CacheBytesPerTokenOfDeepSeekV3) {
   EXPECT_THROW(modules::mla_cache_bytes_per_token(v3, 61, DType::bf16, 3), Error);
 }
 
+TEST(Mla, SplitKvBProjTakesEachHeadsKeyThenValueRows) {
+  const MLAConfig c{.d_model = 16, .heads = 3, .q_lora_rank = 0, .kv_lora_rank = 4, .qk_nope_head_dim = 2,
+                    .qk_rope_head_dim = 2, .v_head_dim = 3};
+  const Linear kv_b = random_linear(3 * (2 + 3), 4);
+  const modules::SplitKvUp split = modules::split_kv_b_proj(kv_b, c);
+  for (int h = 0; h < 3; ++h)
+    for (int col = 0; col < 4; ++col) {
+      for (int i = 0; i < 2; ++i)
+        EXPECT_EQ(split.k_up.weight.as<float>()[(h * 2 + i) * 4 + col], kv_b.weight.as<float>()[(h * 5 + i) * 4 + col]);
+      for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(split.v_up.weight.as<float>()[(h * 3 + i) * 4 + col],
+                  kv_b.weight.as<float>()[(h * 5 + 2 + i) * 4 + col]);
+    }
+  EXPECT_THROW(modules::split_kv_b_proj(random_linear(14, 4), c), Error);
+}
+
 std::string error_of(const std::function<void()>& call) {
   try {
     call();

@@ -67,6 +67,13 @@ struct MLAWeights {
   Linear o;        ///< (M, H V)
 };
 
+/// Splits DeepSeek's kv_b_proj weight (H (N + V), R), whose head h holds N key rows then V value
+/// rows, into MLAWeights' k_up (H N, R) and v_up (H V, R).
+struct SplitKvUp {
+  Linear k_up, v_up;
+};
+SplitKvUp split_kv_b_proj(const Linear& kv_b_proj, const MLAConfig& config);
+
 enum class MLAPath {
   automatic,  ///< whichever costs fewer multiply-adds for this call (see forward)
   expanded,
