@@ -1,7 +1,5 @@
 #include "attn/modules/layer_cache.hpp"
 
-#include <cstring>
-
 #include "modules/tensor_util.hpp"
 
 namespace attn::modules {
@@ -18,8 +16,8 @@ void check_room(const std::vector<std::int64_t>& lengths, std::int64_t incoming,
                incoming, " more exceed the capacity of ", capacity);
 }
 
-/// Copies src (B, S, ..., F) rows into dst (B, capacity, ..., F') at each sequence's length,
-/// features [first, first + F).
+/// Stores f32 src (B, S, ..., F) rows into dst (B, capacity, ..., F') of the cache's dtype at
+/// each sequence's length, features [first, first + F).
 void write_rows(const TensorView& dst, const TensorView& src, const std::vector<std::int64_t>& lengths,
                 std::int64_t first) {
   const std::int64_t heads = src.ndim == 4 ? src.size(2) : 1, feat = src.size(-1);
@@ -27,10 +25,14 @@ void write_rows(const TensorView& dst, const TensorView& src, const std::vector<
     for (std::int64_t s = 0; s < src.size(1); ++s)
       for (std::int64_t h = 0; h < heads; ++h) {
         const float* from = src.as<float>() + b * src.stride[0] + s * src.stride[1] + (src.ndim == 4 ? h * src.stride[2] : 0);
-        float* to = dst.as<float>() + b * dst.stride[0] + (lengths[std::size_t(b)] + s) * dst.stride[1] +
-                    (dst.ndim == 4 ? h * dst.stride[2] : 0) + first;
-        std::memcpy(to, from, std::size_t(feat) * sizeof(float));
+        const std::int64_t to = b * dst.stride[0] + (lengths[std::size_t(b)] + s) * dst.stride[1] +
+                                (dst.ndim == 4 ? h * dst.stride[2] : 0) + first;
+        detail::store_row(detail::element_address(dst, to), dst.dtype, from, feat);
       }
+}
+
+void check_storage(DType dtype) {
+  ATTN_CHECK(is_storage_dtype(dtype), "dtype: expected f32, f16 or bf16, got ", dtype_name(dtype));
 }
 
 void check_queries(const TensorView& q, const TensorView& out, int batch, const std::vector<std::int64_t>& lengths) {
@@ -42,9 +44,19 @@ void check_queries(const TensorView& q, const TensorView& out, int batch, const 
                " tokens; append the new tokens' keys first");
 }
 
-/// One attention call per sequence, because cached lengths differ between sequences.
-void attend_each(const TensorView& q, const TensorView& k, const TensorView& v, const TensorView& out,
+/// One attention call per sequence, because cached lengths differ between sequences. Attention
+/// runs in the cache's dtype (every kernel takes q, k, v of one dtype): f32 q is rounded to it and
+/// the output read back as f32.
+void attend_each(const TensorView& q_f32, const TensorView& k, const TensorView& v, const TensorView& out_f32,
                  const std::vector<std::int64_t>& lengths, const AttentionParams& params, Backend backend) {
+  Tensor q_low, out_low;
+  TensorView q = q_f32, out = out_f32;
+  if (k.dtype != DType::f32) {
+    q_low = convert(q_f32, k.dtype);
+    out_low = Tensor(std::span<const std::int64_t>(out_f32.shape.data(), 4), k.dtype);
+    q = q_low;
+    out = out_low;
+  }
   for (int b = 0; b < int(lengths.size()); ++b) {
     const std::int64_t len = lengths[std::size_t(b)];
     ForwardArgs args;
@@ -55,6 +67,8 @@ void attend_each(const TensorView& q, const TensorView& k, const TensorView& v, 
     args.params = params;
     attention_forward(args, backend);
   }
+  if (out_low.defined())
+    for (std::int64_t i = 0; i < out_low.numel(); ++i) write_element(out_f32, i, read_element(out_low, i));
 }
 
 void reset_slot(std::vector<std::int64_t>& lengths, int b) {
@@ -64,13 +78,15 @@ void reset_slot(std::vector<std::int64_t>& lengths, int b) {
 
 }  // namespace
 
-ContiguousKVCache::ContiguousKVCache(int batch, std::int64_t capacity, int heads_kv, int head_dim, int head_dim_v) {
+ContiguousKVCache::ContiguousKVCache(int batch, std::int64_t capacity, int heads_kv, int head_dim, int head_dim_v,
+                                     DType dtype) {
+  check_storage(dtype);
   ATTN_CHECK(batch >= 1, "batch: expected >= 1, got ", batch);
   ATTN_CHECK(capacity >= 1, "capacity: expected >= 1, got ", capacity);
   ATTN_CHECK(heads_kv >= 1, "heads_kv: expected >= 1, got ", heads_kv);
   ATTN_CHECK(head_dim >= 1 && head_dim_v >= 1, "head_dim: expected >= 1, got ", head_dim, " / ", head_dim_v);
-  keys_ = Tensor({batch, capacity, heads_kv, head_dim}, DType::f32);
-  values_ = Tensor({batch, capacity, heads_kv, head_dim_v}, DType::f32);
+  keys_ = Tensor({batch, capacity, heads_kv, head_dim}, dtype);
+  values_ = Tensor({batch, capacity, heads_kv, head_dim_v}, dtype);
   lengths_.assign(std::size_t(batch), 0);
 }
 
@@ -98,13 +114,15 @@ void ContiguousKVCache::attend(const TensorView& q, const TensorView& out, const
   attend_each(q, keys_, values_, out, lengths_, params, backend);
 }
 
-ContiguousLatentCache::ContiguousLatentCache(int batch, std::int64_t capacity, int kv_lora_rank, int rope_dim)
+ContiguousLatentCache::ContiguousLatentCache(int batch, std::int64_t capacity, int kv_lora_rank, int rope_dim,
+                                             DType dtype)
     : kv_lora_rank_(kv_lora_rank), rope_dim_(rope_dim) {
+  check_storage(dtype);
   ATTN_CHECK(batch >= 1, "batch: expected >= 1, got ", batch);
   ATTN_CHECK(capacity >= 1, "capacity: expected >= 1, got ", capacity);
   ATTN_CHECK(kv_lora_rank >= 1, "kv_lora_rank: expected >= 1, got ", kv_lora_rank);
   ATTN_CHECK(rope_dim >= 0, "rope_dim: expected >= 0, got ", rope_dim);
-  rows_ = Tensor({batch, capacity, 1, kv_lora_rank + rope_dim}, DType::f32);
+  rows_ = Tensor({batch, capacity, 1, kv_lora_rank + rope_dim}, dtype);
   lengths_.assign(std::size_t(batch), 0);
 }
 
@@ -134,9 +152,11 @@ void ContiguousLatentCache::read(int b, const TensorView& c_kv, const TensorView
   ATTN_CHECK(k_rope.size(0) == len && k_rope.size(1) == rope_dim_, "k_rope: expected (", len, ", ", rope_dim_,
              "), got ", k_rope.shape_str());
   for (std::int64_t t = 0; t < len; ++t) {
-    const float* row = rows_.as<float>() + b * rows_.view().stride[0] + t * rows_.view().stride[1];
-    std::memcpy(c_kv.as<float>() + t * c_kv.stride[0], row, std::size_t(kv_lora_rank_) * sizeof(float));
-    std::memcpy(k_rope.as<float>() + t * k_rope.stride[0], row + kv_lora_rank_, std::size_t(rope_dim_) * sizeof(float));
+    const std::int64_t row = b * rows_.view().stride[0] + t * rows_.view().stride[1];
+    detail::load_row(detail::element_address(rows_, row), rows_.dtype(), c_kv.as<float>() + t * c_kv.stride[0],
+                     kv_lora_rank_);
+    detail::load_row(detail::element_address(rows_, row + kv_lora_rank_), rows_.dtype(),
+                     k_rope.as<float>() + t * k_rope.stride[0], rope_dim_);
   }
 }
 

@@ -76,8 +76,8 @@ MultiHeadLatentAttention::MultiHeadLatentAttention(MLAConfig config, MLAWeights 
       for (std::int64_t j = 0; j < r; ++j) k_up_transposed_.as<float>()[(hh * r + j) * n + i] = w[(hh * n + i) * r + j];
 }
 
-ContiguousLatentCache MultiHeadLatentAttention::make_cache(int batch, std::int64_t capacity) const {
-  return ContiguousLatentCache(batch, capacity, config_.kv_lora_rank, config_.qk_rope_head_dim);
+ContiguousLatentCache MultiHeadLatentAttention::make_cache(int batch, std::int64_t capacity, DType dtype) const {
+  return ContiguousLatentCache(batch, capacity, config_.kv_lora_rank, config_.qk_rope_head_dim, dtype);
 }
 
 Tensor MultiHeadLatentAttention::queries(const TensorView& x) const {

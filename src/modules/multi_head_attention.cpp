@@ -28,9 +28,9 @@ MultiHeadAttention::MultiHeadAttention(MHAConfig config, MHAWeights weights)
   weights_.o.check("o", m, config_.heads * d);
 }
 
-ContiguousKVCache MultiHeadAttention::make_cache(int batch, std::int64_t capacity) const {
+ContiguousKVCache MultiHeadAttention::make_cache(int batch, std::int64_t capacity, DType dtype) const {
   const int d = config_.resolved_head_dim();
-  return ContiguousKVCache(batch, capacity, config_.resolved_kv_heads(), d, d);
+  return ContiguousKVCache(batch, capacity, config_.resolved_kv_heads(), d, d, dtype);
 }
 
 Tensor MultiHeadAttention::forward(const TensorView& x, const AttentionParams& params, Backend backend,

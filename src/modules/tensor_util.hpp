@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "attn/half.hpp"
 #include "attn/tensor.hpp"
 
 namespace attn::modules::detail {
@@ -35,6 +36,33 @@ inline void check_f32(const TensorView& t, const char* name, int ndim) {
 inline void check_dim(const TensorView& t, const char* name, int d, std::int64_t expected, const char* what) {
   ATTN_CHECK(t.size(d) == expected, name, ": expected dimension ", d, " to be ", expected, " (", what, "), got ",
              t.shape_str());
+}
+
+/// Writes n f32 values into storage of `dtype` (f32, f16 or bf16; rounding to nearest even).
+inline void store_row(void* dst, DType dtype, const float* src, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    switch (dtype) {
+      case DType::f16: static_cast<half_t*>(dst)[i] = to_half(src[i]); break;
+      case DType::bf16: static_cast<bfloat16_t*>(dst)[i] = to_bfloat16(src[i]); break;
+      default: static_cast<float*>(dst)[i] = src[i]; break;
+    }
+  }
+}
+
+/// Reads n values of storage `dtype` (f32, f16 or bf16) as f32.
+inline void load_row(const void* src, DType dtype, float* dst, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    switch (dtype) {
+      case DType::f16: dst[i] = to_float(static_cast<const half_t*>(src)[i]); break;
+      case DType::bf16: dst[i] = to_float(static_cast<const bfloat16_t*>(src)[i]); break;
+      default: dst[i] = static_cast<const float*>(src)[i]; break;
+    }
+  }
+}
+
+/// Address of element `offset` (in elements) of t.
+inline char* element_address(const TensorView& t, std::int64_t offset) {
+  return static_cast<char*>(t.data) + offset * std::int64_t(dtype_size(t.dtype));
 }
 
 }  // namespace attn::modules::detail

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "attn/half.hpp"
+
 namespace attn::test {
 
 Mat to_mat(const TensorView& t) {
@@ -90,6 +92,13 @@ double max_rel_err(const TensorView& a, const Mat& b) {
     scale = std::max(scale, std::abs(y));
   }
   return err / std::max(scale, 1e-300);
+}
+
+void round_to(Mat& x, DType dtype) {
+  for (double& e : x.a) {
+    if (dtype == DType::f16) e = round_to_f16(float(e));
+    if (dtype == DType::bf16) e = round_to_bf16(float(e));
+  }
 }
 
 Mat rows_of(const TensorView& t, int b, std::int64_t first, std::int64_t count) {

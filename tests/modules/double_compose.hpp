@@ -37,6 +37,9 @@ void rope64(Mat& x, int heads, int head_dim, std::int64_t start, const modules::
 Mat attention64(const Mat& q, const Mat& k, const Mat& v, int heads, int kv_heads, const AttentionParams& params);
 /// max |a - b| / max |b| over all elements (a an f32 tensor, b its double counterpart).
 double max_rel_err(const TensorView& a, const Mat& b);
+/// Rounds every entry through storage `dtype` (f16 / bf16; f32 and f64 leave it exact), as a
+/// low-precision cache or kernel input would: the "naive implementation in that dtype".
+void round_to(Mat& x, DType dtype);
 /// Rows [first, first + count) of sequence b of a (B, S, F) tensor, as a Mat.
 Mat rows_of(const TensorView& t, int b, std::int64_t first, std::int64_t count);
 

@@ -54,9 +54,50 @@ MultiHeadLatentAttention random_mla(const MLAConfig& c) {
   return MultiHeadLatentAttention(c, w);
 }
 
-/// The layer in double, written from the header's equations with expanded K and V: one
-/// sequence x (T, M), outputs of tokens [first, T).
-Mat mla64(const MultiHeadLatentAttention& layer, const Mat& x, std::int64_t first, const AttentionParams& params) {
+/// The absorbed form in double: q_lat,h = W_uk,h^T q_nope,h; MQA over [c_kv ; k_rope] with
+/// values c_kv; o_h = W_uv,h o_lat,h.
+Mat absorbed64(const MultiHeadLatentAttention& layer, const Mat& q, const Mat& q_rope, const Mat& c_kv,
+               const Mat& k_rope, std::int64_t first, AttentionParams params, DType storage) {
+  const MLAConfig& c = layer.config();
+  const modules::MLAWeights& w = layer.weights();
+  const int h = c.heads, n = c.qk_nope_head_dim, p = c.qk_rope_head_dim, dk = c.qk_head_dim(), r = c.kv_lora_rank;
+  const Mat w_uk = test::to_mat(w.k_up.weight), w_uv = test::to_mat(w.v_up.weight);
+  const std::int64_t rows = q.rows - first;
+  Mat q_abs(rows, std::int64_t(h) * (r + p)), keys(c_kv.rows, r + p);
+  for (std::int64_t t = 0; t < rows; ++t)
+    for (int hh = 0; hh < h; ++hh) {
+      for (int j = 0; j < r; ++j) {
+        double s = 0;
+        for (int i = 0; i < n; ++i) s += q(first + t, hh * dk + i) * w_uk(hh * n + i, j);
+        q_abs(t, hh * (r + p) + j) = s;
+      }
+      for (int e = 0; e < p; ++e) q_abs(t, hh * (r + p) + r + e) = q_rope(first + t, hh * p + e);
+    }
+  for (std::int64_t t = 0; t < c_kv.rows; ++t) {
+    for (int j = 0; j < r; ++j) keys(t, j) = c_kv(t, j);
+    for (int e = 0; e < p; ++e) keys(t, r + e) = k_rope(t, e);
+  }
+  test::round_to(q_abs, storage);
+  if (params.scale == 0.0f) params.scale = float(1.0 / std::sqrt(double(dk)));
+  Mat o_lat = test::attention64(q_abs, keys, c_kv, h, 1, params);
+  test::round_to(o_lat, storage);
+  Mat o(rows, std::int64_t(h) * c.v_head_dim);
+  for (std::int64_t t = 0; t < rows; ++t)
+    for (int hh = 0; hh < h; ++hh)
+      for (int e = 0; e < c.v_head_dim; ++e) {
+        double s = 0;
+        for (int j = 0; j < r; ++j) s += w_uv(hh * c.v_head_dim + e, j) * o_lat(t, hh * r + j);
+        o(t, hh * c.v_head_dim + e) = s;
+      }
+  return test::linear64(o, w.o);
+}
+
+/// The layer in double, written from the header's equations: one sequence x (T, M), outputs of
+/// tokens [first, T). `absorbed` attends over the latents as the absorbed path does; `storage`
+/// f16 / bf16 rounds what a cache of that dtype rounds (the latents; for the absorbed path also
+/// the latent-space query and output, which run in the cache's dtype).
+Mat mla64(const MultiHeadLatentAttention& layer, const Mat& x, std::int64_t first, const AttentionParams& params,
+          bool absorbed = false, DType storage = DType::f64) {
   const MLAConfig& c = layer.config();
   const modules::MLAWeights& w = layer.weights();
   const int h = c.heads, n = c.qk_nope_head_dim, p = c.qk_rope_head_dim, dk = c.qk_head_dim(), r = c.kv_lora_rank;
@@ -69,9 +110,12 @@ Mat mla64(const MultiHeadLatentAttention& layer, const Mat& x, std::int64_t firs
       for (int e = 0; e < p; ++e) q_rope(t, hh * p + e) = q(t, hh * dk + n + e);
   test::rope64(q_rope, h, p, 0, rope);
   const Mat latent = test::linear64(x, w.kv_down);
-  const Mat c_kv = test::norm64(test::cols(latent, 0, r), w.kv_norm);
+  Mat c_kv = test::norm64(test::cols(latent, 0, r), w.kv_norm);
   Mat k_rope = test::cols(latent, r, p);
   test::rope64(k_rope, 1, p, 0, rope);
+  test::round_to(c_kv, storage);
+  test::round_to(k_rope, storage);
+  if (absorbed) return absorbed64(layer, q, q_rope, c_kv, k_rope, first, params, storage);
   const Mat k_nope = test::linear64(c_kv, w.k_up), v = test::linear64(c_kv, w.v_up);
   Mat k(x.rows, std::int64_t(h) * dk), q_new(x.rows - first, std::int64_t(h) * dk);
   for (std::int64_t t = 0; t < x.rows; ++t)
@@ -175,6 +219,42 @@ TEST(Mla, ChunkedPrefillBothPathsWithWindowMask) {
     const Tensor second = layer.forward(tokens(x, 4, 6), params, Backend::reference, &cache, path);
     EXPECT_LT(test::max_rel_err(second, want), 2e-6) << "path " << int(path);
   }
+}
+
+TEST(Mla, AbsorbedFormInDoubleEqualsExpandedFormInDouble) {
+  const MLAConfig c{.d_model = 24, .heads = 3, .q_lora_rank = 16, .kv_lora_rank = 12, .qk_nope_head_dim = 6,
+                    .qk_rope_head_dim = 4, .v_head_dim = 5};
+  const MultiHeadLatentAttention layer = random_mla(c);
+  const Mat x = test::rows_of(test::randn({1, 7, 24}, DType::f32), 0, 0, 7);
+  AttentionParams params;
+  params.mask = Mask::causal_mask();
+  // AttentionParams::scale is a float: give both forms the same one, else they differ by its rounding.
+  params.scale = float(1.0 / std::sqrt(double(c.qk_head_dim())));
+  const Mat expanded = mla64(layer, x, 2, params), absorbed = mla64(layer, x, 2, params, true);
+  for (std::size_t i = 0; i < expanded.a.size(); ++i) EXPECT_NEAR(absorbed.a[i], expanded.a[i], 1e-12);
+}
+
+TEST(Mla, LowPrecisionLatentCachesStayWithinTwiceTheNaiveError) {
+  const MLAConfig c{.d_model = 32, .heads = 4, .q_lora_rank = 0, .kv_lora_rank = 16, .qk_nope_head_dim = 12,
+                    .qk_rope_head_dim = 4, .v_head_dim = 8};
+  const MultiHeadLatentAttention layer = random_mla(c);
+  const Tensor x = test::randn({1, 8, 32}, DType::f32);
+  AttentionParams params;
+  params.mask = Mask::causal_mask();
+  const Mat seq = test::rows_of(x, 0, 0, 8), exact = mla64(layer, seq, 5, params);
+  for (DType dtype : {DType::f16, DType::bf16})
+    for (MLAPath path : {MLAPath::expanded, MLAPath::absorbed}) {
+      modules::ContiguousLatentCache cache = layer.make_cache(1, 8, dtype);
+      layer.forward(tokens(x, 0, 5), params, Backend::reference, &cache, path);
+      const Tensor y = layer.forward(tokens(x, 5, 3), params, Backend::reference, &cache, path);
+      const Mat naive64 = mla64(layer, seq, 5, params, path == MLAPath::absorbed, dtype);
+      Tensor naive({3, 32}, DType::f32);
+      for (std::int64_t i = 0; i < naive.numel(); ++i) naive.as<float>()[i] = float(naive64.a[std::size_t(i)]);
+      const double naive_err = test::max_rel_err(naive, exact);
+      EXPECT_GT(naive_err, 1e-5) << "the rounding must be visible";
+      EXPECT_LT(test::max_rel_err(y, exact), 2 * naive_err + 1e-5)
+          << dtype_name(dtype) << (path == MLAPath::absorbed ? " absorbed" : " expanded");
+    }
 }
 
 TEST(Mla, CacheBytesPerTokenOfDeepSeekV3) {

@@ -34,7 +34,9 @@ MultiHeadAttention random_layer(const MHAConfig& c, bool bias) {
 }
 
 /// The layer in double for one sequence x (T, M): outputs of tokens [first, T), keys over all T.
-Mat layer64(const MultiHeadAttention& layer, const Mat& x, std::int64_t first, const AttentionParams& params) {
+/// `storage` f16 / bf16 rounds attention's inputs and output as a cache of that dtype does.
+Mat layer64(const MultiHeadAttention& layer, const Mat& x, std::int64_t first, const AttentionParams& params,
+            DType storage = DType::f64) {
   const MHAConfig& c = layer.config();
   const int h = c.heads, hk = c.resolved_kv_heads(), d = c.resolved_head_dim();
   Mat q = test::linear64(x, layer.weights().q), k = test::linear64(x, layer.weights().k);
@@ -46,7 +48,11 @@ Mat layer64(const MultiHeadAttention& layer, const Mat& x, std::int64_t first, c
   Mat q_new(x.rows - first, q.cols);
   for (std::int64_t r = first; r < x.rows; ++r)
     for (std::int64_t e = 0; e < q.cols; ++e) q_new(r - first, e) = q(r, e);
-  return test::linear64(test::attention64(q_new, k, v, h, hk, params), layer.weights().o);
+  Mat v_stored = v;
+  for (Mat* m : {&q_new, &k, &v_stored}) test::round_to(*m, storage);
+  Mat attended = test::attention64(q_new, k, v_stored, h, hk, params);
+  test::round_to(attended, storage);
+  return test::linear64(attended, layer.weights().o);
 }
 
 struct Case {
@@ -162,6 +168,29 @@ TEST(MultiHeadAttention, SequencesOfDifferentLengthsInOneBatch) {
   std::copy_n(y.as<float>() + 96, 96, y1.as<float>());
   EXPECT_LT(test::max_rel_err(y0, layer64(layer, test::rows_of(next, 0, 0, 3), 0, params)), 2e-6);
   EXPECT_LT(test::max_rel_err(y1, layer64(layer, seq1, 6, params)), 2e-6);
+}
+
+TEST(MultiHeadAttention, HalfAndBfloat16CachesStayWithinTwiceTheNaiveError) {
+  MHAConfig c{.d_model = 32, .heads = 4, .kv_heads = 2, .rope = RopeConfig{}};
+  const MultiHeadAttention layer = random_layer(c, true);
+  AttentionParams params;
+  params.mask = Mask::causal_mask();
+  const Tensor x = test::randn({1, 10, 32}, DType::f32);
+  const Mat exact = layer64(layer, test::rows_of(x, 0, 0, 10), 6, params);
+  for (DType dtype : {DType::f16, DType::bf16}) {
+    modules::ContiguousKVCache cache = layer.make_cache(1, 10, dtype);
+    Tensor prompt({1, 6, 32}, DType::f32), rest({1, 4, 32}, DType::f32);
+    std::copy_n(x.as<float>(), 6 * 32, prompt.as<float>());
+    std::copy_n(x.as<float>() + 6 * 32, 4 * 32, rest.as<float>());
+    layer.forward(prompt, params, Backend::reference, &cache);
+    const Tensor y = layer.forward(rest, params, Backend::reference, &cache);
+    Tensor naive({4, 32}, DType::f32);
+    const Mat naive64 = layer64(layer, test::rows_of(x, 0, 0, 10), 6, params, dtype);
+    for (std::int64_t i = 0; i < naive.numel(); ++i) naive.as<float>()[i] = float(naive64.a[std::size_t(i)]);
+    const double naive_err = test::max_rel_err(naive, exact);
+    EXPECT_GT(naive_err, 1e-5) << "the rounding must be visible, else the check proves nothing";
+    EXPECT_LT(test::max_rel_err(y, exact), 2 * naive_err + 1e-5) << dtype_name(dtype);
+  }
 }
 
 TEST(MultiHeadAttention, FullyMaskedRowsGiveTheOutputBiasAlone) {

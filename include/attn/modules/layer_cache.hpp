@@ -48,10 +48,14 @@ class LatentKVCache {
                       Backend backend) const = 0;
 };
 
-/// f32 (B, capacity, Hk, D) keys and (B, capacity, Hk, Dv) values, one length per sequence.
+/// (B, capacity, Hk, D) keys and (B, capacity, Hk, Dv) values in f32, f16 or bf16, one length per
+/// sequence. Appends round f32 inputs to the dtype; attention runs in it (q rounded to it too, as
+/// every kernel takes one dtype) and its output is read back as f32.
 class ContiguousKVCache final : public LayerKVCache {
  public:
-  ContiguousKVCache(int batch, std::int64_t capacity, int heads_kv, int head_dim, int head_dim_v);
+  ContiguousKVCache(int batch, std::int64_t capacity, int heads_kv, int head_dim, int head_dim_v,
+                    DType dtype = DType::f32);
+  DType dtype() const { return keys_.dtype(); }
   int batch_size() const override { return int(lengths_.size()); }
   std::int64_t seqlen(int b) const override { return lengths_.at(std::size_t(b)); }
   std::int64_t capacity() const { return keys_.size(1); }
@@ -66,11 +70,12 @@ class ContiguousKVCache final : public LayerKVCache {
   std::vector<std::int64_t> lengths_;
 };
 
-/// f32 (B, capacity, R + P) rows; values are a view of each row's first R entries, so a token
-/// costs R + P values, not 2R + P.
+/// (B, capacity, R + P) rows in f32, f16 or bf16 (rounding as ContiguousKVCache); values are a
+/// view of each row's first R entries, so a token costs R + P values, not 2R + P.
 class ContiguousLatentCache final : public LatentKVCache {
  public:
-  ContiguousLatentCache(int batch, std::int64_t capacity, int kv_lora_rank, int rope_dim);
+  ContiguousLatentCache(int batch, std::int64_t capacity, int kv_lora_rank, int rope_dim, DType dtype = DType::f32);
+  DType dtype() const { return rows_.dtype(); }
   int batch_size() const override { return int(lengths_.size()); }
   std::int64_t seqlen(int b) const override { return lengths_.at(std::size_t(b)); }
   std::int64_t capacity() const { return rows_.size(1); }

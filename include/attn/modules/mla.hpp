@@ -97,7 +97,8 @@ class MultiHeadLatentAttention {
   Tensor forward(const TensorView& x, const AttentionParams& params = {}, Backend backend = Backend::automatic,
                  LatentKVCache* cache = nullptr, MLAPath path = MLAPath::automatic) const;
 
-  ContiguousLatentCache make_cache(int batch, std::int64_t capacity) const;
+  /// A contiguous latent cache sized for this layer, storing `dtype`.
+  ContiguousLatentCache make_cache(int batch, std::int64_t capacity, DType dtype = DType::f32) const;
 
  private:
   Tensor queries(const TensorView& x) const;

@@ -52,8 +52,8 @@ class MultiHeadAttention {
   Tensor forward(const TensorView& x, const AttentionParams& params = {}, Backend backend = Backend::automatic,
                  LayerKVCache* cache = nullptr) const;
 
-  /// A contiguous cache sized for this layer.
-  ContiguousKVCache make_cache(int batch, std::int64_t capacity) const;
+  /// A contiguous cache sized for this layer, storing `dtype`.
+  ContiguousKVCache make_cache(int batch, std::int64_t capacity, DType dtype = DType::f32) const;
 
  private:
   MHAConfig config_;
