@@ -76,6 +76,13 @@ void reset_slot(std::vector<std::int64_t>& lengths, int b) {
   lengths[std::size_t(b)] = 0;
 }
 
+void discard(std::vector<std::int64_t>& lengths, std::int64_t tokens) {
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    ATTN_CHECK(tokens >= 0 && tokens <= lengths[b], "tokens: expected 0 .. ", lengths[b], " (sequence ", b,
+               "'s length), got ", tokens);
+  for (std::int64_t& len : lengths) len -= tokens;
+}
+
 }  // namespace
 
 ContiguousKVCache::ContiguousKVCache(int batch, std::int64_t capacity, int heads_kv, int head_dim, int head_dim_v,
@@ -91,6 +98,8 @@ ContiguousKVCache::ContiguousKVCache(int batch, std::int64_t capacity, int heads
 }
 
 void ContiguousKVCache::reset(int b) { reset_slot(lengths_, b); }
+
+void ContiguousKVCache::discard_last(std::int64_t tokens) { discard(lengths_, tokens); }
 
 void ContiguousKVCache::append(const TensorView& k, const TensorView& v) {
   check_f32(k, "k", 4);
@@ -127,6 +136,8 @@ ContiguousLatentCache::ContiguousLatentCache(int batch, std::int64_t capacity, i
 }
 
 void ContiguousLatentCache::reset(int b) { reset_slot(lengths_, b); }
+
+void ContiguousLatentCache::discard_last(std::int64_t tokens) { discard(lengths_, tokens); }
 
 void ContiguousLatentCache::append(const TensorView& c_kv, const TensorView& k_rope) {
   check_f32(c_kv, "c_kv", 3);

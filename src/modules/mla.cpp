@@ -123,10 +123,15 @@ Tensor MultiHeadLatentAttention::forward(const TensorView& x, const AttentionPar
     path = seqlen * extra_per_query < r * (c.qk_nope_head_dim + c.v_head_dim) ? MLAPath::absorbed : MLAPath::expanded;
   }
   Tensor out({batch, seqlen, c.heads, c.v_head_dim}, DType::f32);
-  if (path == MLAPath::expanded) {
-    attend_expanded(q, kv, out, params, backend);
-  } else {
-    attend_absorbed(q, kv, out, params, backend);
+  try {
+    if (path == MLAPath::expanded) {
+      attend_expanded(q, kv, out, params, backend);
+    } else {
+      attend_absorbed(q, kv, out, params, backend);
+    }
+  } catch (...) {
+    kv.discard_last(seqlen);  // a failed call leaves the caller's cache as it was
+    throw;
   }
   return linear(weights_.o, reshape(out, {batch, seqlen, std::int64_t(c.heads) * c.v_head_dim}));
 }

@@ -58,7 +58,12 @@ Tensor MultiHeadAttention::forward(const TensorView& x, const AttentionParams& p
   Tensor attn_out({batch, seqlen, h, d}, DType::f32);
   if (cache != nullptr) {
     cache->append(k4, v4);
-    cache->attend(q4, attn_out, params, backend);
+    try {
+      cache->attend(q4, attn_out, params, backend);
+    } catch (...) {
+      cache->discard_last(seqlen);
+      throw;
+    }
   } else {
     ForwardArgs args;
     args.q = q4;

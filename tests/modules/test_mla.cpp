@@ -315,6 +315,14 @@ TEST(Mla, BadConfigsAndWeightsNameTheArgument) {
   modules::ContiguousLatentCache wrong(1, 8, 16, 4);
   const Tensor x = test::randn({1, 2, 16}, DType::f32);
   EXPECT_NE(error_of([&] { layer.forward(x, {}, Backend::reference, &wrong); }).find("cache"), std::string::npos);
+  modules::ContiguousLatentCache cache = layer.make_cache(1, 8);
+  AttentionParams bad;
+  bad.mask.dilation = -1;
+  for (MLAPath path : {MLAPath::expanded, MLAPath::absorbed}) {
+    EXPECT_NE(error_of([&] { layer.forward(x, bad, Backend::reference, &cache, path); }).find("dilation"),
+              std::string::npos);
+    EXPECT_EQ(cache.seqlen(0), 0) << "a failed call leaves the cache as it was";
+  }
 }
 
 }  // namespace

@@ -243,6 +243,15 @@ TEST(MultiHeadAttention, BadConfigsNameTheArgument) {
     EXPECT_NE(std::string(e.what()).find("capacity"), std::string::npos) << e.what();
   }
   EXPECT_EQ(cache.seqlen(0), 0) << "a failed append leaves the cache as it was";
+  AttentionParams bad;
+  bad.mask.dilation = -1;
+  try {
+    layer.forward(test::randn({1, 2, 32}, DType::f32), bad, Backend::reference, &cache);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dilation"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cache.seqlen(0), 0) << "a failed attention takes its keys back out of the cache";
 }
 
 TEST(GqaConversion, EqualHeadsWithinGroupsConvertExactly) {

@@ -23,6 +23,9 @@ class LayerKVCache {
   /// Appends k (B, S, Hk, D) and v (B, S, Hk, Dv) after every sequence's tokens. Throws
   /// attn::Error and changes nothing when a sequence would run out of room.
   virtual void append(const TensorView& k, const TensorView& v) = 0;
+  /// Drops the newest `tokens` of every sequence: undoes an append whose attention then failed,
+  /// so a failed layer call leaves the cache as it was.
+  virtual void discard_last(std::int64_t tokens) = 0;
   /// out (B, S, Hq, Dv) = attention of q (B, S, Hq, D) over each sequence's L cached tokens;
   /// queries are the last S of them (DESIGN.md's bottom-right alignment), so causal masks hold.
   virtual void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
@@ -40,6 +43,8 @@ class LatentKVCache {
   virtual int rope_dim() const = 0;
   /// Appends c_kv (B, S, R) and k_rope (B, S, P); all-or-nothing like LayerKVCache::append.
   virtual void append(const TensorView& c_kv, const TensorView& k_rope) = 0;
+  /// As LayerKVCache::discard_last.
+  virtual void discard_last(std::int64_t tokens) = 0;
   /// Copies sequence b's L cached rows into c_kv (L, R) and k_rope (L, P), for the expanded path.
   virtual void read(int b, const TensorView& c_kv, const TensorView& k_rope) const = 0;
   /// The absorbed path's MQA: keys [c_kv ; k_rope] (one head of R + P), values c_kv (R), so
@@ -62,6 +67,7 @@ class ContiguousKVCache final : public LayerKVCache {
   /// Empties sequence b's slot for a new sequence; the others keep their tokens.
   void reset(int b);
   void append(const TensorView& k, const TensorView& v) override;
+  void discard_last(std::int64_t tokens) override;
   void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
               Backend backend) const override;
 
@@ -84,6 +90,7 @@ class ContiguousLatentCache final : public LatentKVCache {
   int kv_lora_rank() const override { return kv_lora_rank_; }
   int rope_dim() const override { return rope_dim_; }
   void append(const TensorView& c_kv, const TensorView& k_rope) override;
+  void discard_last(std::int64_t tokens) override;
   void read(int b, const TensorView& c_kv, const TensorView& k_rope) const override;
   void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
               Backend backend) const override;
