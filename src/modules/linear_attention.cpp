@@ -80,7 +80,11 @@ void linear_attention(const TensorView& q, const TensorView& k, const TensorView
                       bool causal) {
   const Dims n = check_args(q, k, v, out);
   const int group = n.heads / n.heads_kv;
-  detail::parallel_for(std::int64_t(n.batch) * n.heads_kv, 1, [&](std::int64_t begin, std::int64_t end) {
+  // One task is a pass over Sk keys and Sq queries of D x Dv work; ask for ~64K multiply-adds
+  // per thread so small problems do not pay for starting threads.
+  const std::int64_t task_work = std::int64_t(n.seqlen_k + n.seqlen_q * group) * n.head_dim * n.head_dim_v;
+  const std::int64_t grain = std::max<std::int64_t>(1, (std::int64_t(1) << 16) / std::max<std::int64_t>(1, task_work));
+  detail::parallel_for(std::int64_t(n.batch) * n.heads_kv, grain, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> state(std::size_t(n.head_dim) * std::size_t(n.head_dim_v)), normaliser(std::size_t(n.head_dim));
     std::vector<float> scratch(std::size_t(n.head_dim));
     for (std::int64_t task = begin; task < end; ++task) {
