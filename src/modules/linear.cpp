@@ -22,6 +22,7 @@ void Linear::check(const char* name, std::int64_t out, std::int64_t in) const {
 
 Tensor linear(const Linear& layer, const TensorView& x) {
   const std::int64_t in = layer.in_features(), out = layer.out_features();
+  layer.check("linear", out, in);
   ATTN_CHECK(x.defined() && x.dtype == DType::f32 && x.device.is_cpu() && x.is_contiguous(),
              "x: expected a contiguous CPU f32 tensor");
   ATTN_CHECK(x.size(-1) == in, "x: expected last dimension ", in, " (in_features), got ", x.size(-1));
