@@ -4,6 +4,8 @@
 //
 // Shape letters: B sequences, S new tokens, L a sequence's cached length (new tokens included
 // once appended), Hk kv heads, D / Dv key / value head dims, R kv_lora_rank, P the rope dim.
+// Every tensor crossing these interfaces is f32 (the layers' dtype) on the CPU with a unit last
+// stride; what a cache stores, and in which dtype its attention runs, is its own business.
 #pragma once
 
 #include <cstdint>
