@@ -26,7 +26,28 @@ MultiHeadAttention::MultiHeadAttention(MHAConfig config, MHAWeights weights)
   weights_.k.check("k", config_.resolved_kv_heads() * d, m);
   weights_.v.check("v", config_.resolved_kv_heads() * d, m);
   weights_.o.check("o", m, config_.heads * d);
+  if (weights_.q_norm) {
+    const std::int64_t dim = weights_.q_norm->dim();
+    ATTN_CHECK(dim == d || dim == config_.heads * d, "q_norm.weight: expected ", d, " (per head) or ",
+               config_.heads * d, " (whole projection) features, got ", dim);
+    weights_.q_norm->check("q_norm", dim);
+  }
+  if (weights_.k_norm) {
+    const std::int64_t dim = weights_.k_norm->dim();
+    ATTN_CHECK(dim == d || dim == config_.resolved_kv_heads() * d, "k_norm.weight: expected ", d, " (per head) or ",
+               config_.resolved_kv_heads() * d, " (whole projection) features, got ", dim);
+    weights_.k_norm->check("k_norm", dim);
+  }
 }
+
+namespace {
+
+/// Normalises a projection (B, S, F) in rows of the norm's width: one head or the whole token.
+Tensor normalise_projection(const Norm& norm, const Tensor& projected) {
+  return apply_norm(norm, reshape(projected, {projected.numel() / norm.dim(), norm.dim()}));
+}
+
+}  // namespace
 
 ContiguousKVCache MultiHeadAttention::make_cache(int batch, std::int64_t capacity, DType dtype) const {
   const int d = config_.resolved_head_dim();
@@ -44,6 +65,8 @@ Tensor MultiHeadAttention::forward(const TensorView& x, const AttentionParams& p
     ATTN_CHECK(cache->batch_size() == batch, "cache: holds ", cache->batch_size(), " sequences, x has ", batch);
 
   Tensor q = linear(weights_.q, x), k = linear(weights_.k, x), v = linear(weights_.v, x);
+  if (weights_.q_norm) q = normalise_projection(*weights_.q_norm, q);
+  if (weights_.k_norm) k = normalise_projection(*weights_.k_norm, k);
   const TensorView q4 = reshape(q, {batch, seqlen, h, d});
   const TensorView k4 = reshape(k, {batch, seqlen, hk, d});
   const TensorView v4 = reshape(v, {batch, seqlen, hk, d});

@@ -41,6 +41,14 @@ Mat layer64(const MultiHeadAttention& layer, const Mat& x, std::int64_t first, c
   const int h = c.heads, hk = c.resolved_kv_heads(), d = c.resolved_head_dim();
   Mat q = test::linear64(x, layer.weights().q), k = test::linear64(x, layer.weights().k);
   const Mat v = test::linear64(x, layer.weights().v);
+  // QK-norm over rows of the norm's width (a head, or the whole projection).
+  for (auto [m, norm] : {std::pair{&q, &layer.weights().q_norm}, std::pair{&k, &layer.weights().k_norm}}) {
+    if (!*norm) continue;
+    const std::int64_t width = (*norm)->dim();
+    Mat rows(m->rows * m->cols / width, width);
+    rows.a = m->a;
+    m->a = test::norm64(rows, **norm).a;
+  }
   if (c.rope) {
     test::rope64(q, h, d, 0, *c.rope);
     test::rope64(k, hk, d, 0, *c.rope);
@@ -190,6 +198,34 @@ TEST(MultiHeadAttention, HalfAndBfloat16CachesStayWithinTwiceTheNaiveError) {
     const double naive_err = test::max_rel_err(naive, exact);
     EXPECT_GT(naive_err, 1e-5) << "the rounding must be visible, else the check proves nothing";
     EXPECT_LT(test::max_rel_err(y, exact), 2 * naive_err + 1e-5) << dtype_name(dtype);
+  }
+}
+
+TEST(MultiHeadAttention, QkNormPerHeadAndWholeProjectionMatchFloat64) {
+  MHAConfig c{.d_model = 32, .heads = 4, .kv_heads = 2, .rope = RopeConfig{}};
+  AttentionParams params;
+  params.mask = Mask::causal_mask();
+  const Tensor x = test::randn({2, 5, 32}, DType::f32);
+  for (const auto& [q_width, k_width] : {std::pair{8, 8}, std::pair{32, 16}}) {
+    modules::MHAWeights w = random_layer(c, true).weights();
+    w.q_norm = modules::Norm{modules::NormKind::rms_norm, test::randn({q_width}, DType::f32), {}, 1e-6f};
+    w.k_norm = modules::Norm{modules::NormKind::rms_norm, test::randn({k_width}, DType::f32), {}, 1e-6f};
+    const MultiHeadAttention layer(c, w);
+    const Tensor y = layer.forward(x, params, Backend::reference);
+    for (int b = 0; b < 2; ++b) {
+      Tensor yb({5, 32}, DType::f32);
+      std::copy_n(y.as<float>() + b * 5 * 32, 5 * 32, yb.as<float>());
+      EXPECT_LT(test::max_rel_err(yb, layer64(layer, test::rows_of(x, b, 0, 5), 0, params)), 2e-6)
+          << "q_norm width " << q_width;
+    }
+  }
+  modules::MHAWeights w = random_layer(c, false).weights();
+  w.k_norm = modules::Norm{modules::NormKind::rms_norm, test::randn({12}, DType::f32), {}, 1e-6f};
+  try {
+    MultiHeadAttention(c, w);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("k_norm.weight"), std::string::npos) << e.what();
   }
 }
 

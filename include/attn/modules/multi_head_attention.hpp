@@ -12,6 +12,7 @@
 #include "attn/attention.hpp"
 #include "attn/modules/layer_cache.hpp"
 #include "attn/modules/linear.hpp"
+#include "attn/modules/norm.hpp"
 #include "attn/modules/rope.hpp"
 
 namespace attn::modules {
@@ -34,6 +35,11 @@ struct MHAConfig {
 
 struct MHAWeights {
   Linear q, k, v, o;
+  /// Optional QK-norm, applied to the projected q and k before RoPE. A weight of D features
+  /// normalises each head on its own (Qwen3, Gemma 3); one of H * D (Hk * D for k) the whole
+  /// projection of a token (OLMo 2).
+  std::optional<Norm> q_norm = std::nullopt;
+  std::optional<Norm> k_norm = std::nullopt;
 };
 
 class MultiHeadAttention {
