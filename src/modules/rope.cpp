@@ -10,7 +10,39 @@ void RopeConfig::check(const char* name, int head_dim) const {
   ATTN_CHECK(r > 0 && r % 2 == 0 && r <= head_dim, name, ".rotary_dim: expected an even value in [2, head_dim = ",
              head_dim, "] (or 0 for all), got ", rotary_dim);
   ATTN_CHECK(base > 1.0 && std::isfinite(base), name, ".base: expected a finite value > 1, got ", base);
+  if (scaling.kind == RopeScaling::Kind::none) return;
+  ATTN_CHECK(scaling.factor > 0.0 && std::isfinite(scaling.factor), name,
+             ".scaling.factor: expected a finite value > 0, got ", scaling.factor);
+  if (scaling.kind != RopeScaling::Kind::llama3) return;
+  ATTN_CHECK(scaling.low_freq_factor > 0.0 && scaling.high_freq_factor > scaling.low_freq_factor, name,
+             ".scaling: expected 0 < low_freq_factor < high_freq_factor, got ", scaling.low_freq_factor, " and ",
+             scaling.high_freq_factor);
+  ATTN_CHECK(scaling.original_max_positions >= 1.0, name, ".scaling.original_max_positions: expected >= 1, got ",
+             scaling.original_max_positions);
 }
+
+namespace {
+
+/// base^(-2i / rotary_dim) for pair i, then the scaling's adjustment.
+double frequency(const RopeConfig& rope, int i, int rotary_dim) {
+  const double f = std::pow(rope.base, -2.0 * i / rotary_dim);
+  const RopeScaling& sc = rope.scaling;
+  switch (sc.kind) {
+    case RopeScaling::Kind::none: return f;
+    case RopeScaling::Kind::linear: return f / sc.factor;
+    case RopeScaling::Kind::llama3: {
+      const double kTwoPi = 6.283185307179586;
+      const double periods_in_context = sc.original_max_positions * f / kTwoPi;  // L / wavelength
+      if (periods_in_context > sc.high_freq_factor) return f;
+      if (periods_in_context < sc.low_freq_factor) return f / sc.factor;
+      const double t = (periods_in_context - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor);
+      return t * f + (1.0 - t) * f / sc.factor;
+    }
+  }
+  return f;
+}
+
+}  // namespace
 
 void apply_rope(const TensorView& x, std::span<const std::int64_t> start_positions, const RopeConfig& rope) {
   ATTN_CHECK(x.defined() && x.ndim == 4 && x.dtype == DType::f32 && x.device.is_cpu() && x.stride_of(-1) == 1,
@@ -24,7 +56,7 @@ void apply_rope(const TensorView& x, std::span<const std::int64_t> start_positio
   const int stride_a = rope.style == RopeStyle::neox ? 1 : 2;
   const int second = rope.style == RopeStyle::neox ? half : 1;
   std::vector<double> inv_freq(static_cast<std::size_t>(half));
-  for (int i = 0; i < half; ++i) inv_freq[std::size_t(i)] = std::pow(rope.base, -2.0 * i / (2.0 * half));
+  for (int i = 0; i < half; ++i) inv_freq[std::size_t(i)] = frequency(rope, i, 2 * half);
   std::vector<float> cos_t(static_cast<std::size_t>(half)), sin_t(static_cast<std::size_t>(half));
   for (int b = 0; b < batch; ++b)
     for (int s = 0; s < seqlen; ++s) {

@@ -51,12 +51,28 @@ Mat cols(const Mat& x, std::int64_t first, std::int64_t count) {
   return y;
 }
 
+namespace {
+
+/// The scalings written the way Llama 3.1's reference code states them, by wavelength.
+double scaled_frequency(double f, const modules::RopeScaling& sc) {
+  if (sc.kind == modules::RopeScaling::Kind::linear) return f / sc.factor;
+  if (sc.kind != modules::RopeScaling::Kind::llama3) return f;
+  const double wavelength = 2 * M_PI / f;
+  if (wavelength < sc.original_max_positions / sc.high_freq_factor) return f;
+  if (wavelength > sc.original_max_positions / sc.low_freq_factor) return f / sc.factor;
+  const double smooth =
+      (sc.original_max_positions / wavelength - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor);
+  return (1 - smooth) * f / sc.factor + smooth * f;
+}
+
+}  // namespace
+
 void rope64(Mat& x, int heads, int head_dim, std::int64_t start, const modules::RopeConfig& rope) {
   const int rot = rope.rotary_dim == 0 ? head_dim : rope.rotary_dim;
   for (std::int64_t t = 0; t < x.rows; ++t)
     for (int h = 0; h < heads; ++h)
       for (int i = 0; i < rot / 2; ++i) {
-        const double angle = double(start + t) * std::pow(rope.base, -2.0 * i / rot);
+        const double angle = double(start + t) * scaled_frequency(std::pow(rope.base, -2.0 * i / rot), rope.scaling);
         const int a = h * head_dim + (rope.style == modules::RopeStyle::neox ? i : 2 * i);
         const int b = rope.style == modules::RopeStyle::neox ? a + rot / 2 : a + 1;
         const double x0 = x(t, a), x1 = x(t, b);

@@ -15,6 +15,7 @@ using modules::Linear;
 using modules::MHAConfig;
 using modules::MultiHeadAttention;
 using modules::RopeConfig;
+using modules::RopeScaling;
 using modules::RopeStyle;
 using test::Mat;
 
@@ -123,7 +124,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{4, 2, 16, RopeConfig{0, 10000.0, RopeStyle::neox}, false},    // GQA, NeoX
                       Case{6, 1, 8, RopeConfig{0, 500000.0, RopeStyle::interleaved}, true},  // MQA, GPT-J
                       Case{4, 2, 12, RopeConfig{4, 10000.0, RopeStyle::neox}, true},     // partial rotary
-                      Case{4, 4, 12, RopeConfig{8, 1000.0, RopeStyle::interleaved}, false}),
+                      Case{4, 4, 12, RopeConfig{8, 1000.0, RopeStyle::interleaved}, false},
+                      // Scaled frequencies: for D 16, base 1e4 and L 512 the pairs fall in all three
+                      // llama3 regimes (kept, blended, divided).
+                      Case{4, 2, 16, RopeConfig{0, 10000.0, RopeStyle::neox, {RopeScaling::Kind::linear, 4.0}}, false},
+                      Case{4, 2, 16,
+                           RopeConfig{0, 10000.0, RopeStyle::neox, {RopeScaling::Kind::llama3, 8.0, 1.0, 4.0, 512}},
+                           true}),
     [](const ::testing::TestParamInfo<Case>& info) {
       const Case& c = info.param;
       std::string name = "H" + std::to_string(c.heads) + "_Hk" + std::to_string(c.kv_heads) + "_D" +
@@ -131,6 +138,8 @@ INSTANTIATE_TEST_SUITE_P(
       if (c.rope) {
         name += c.rope->style == RopeStyle::neox ? "_neox" : "_interleaved";
         name += std::to_string(c.rope->rotary_dim);
+        if (c.rope->scaling.kind == RopeScaling::Kind::linear) name += "_linear";
+        if (c.rope->scaling.kind == RopeScaling::Kind::llama3) name += "_llama3";
       }
       return name;
     });

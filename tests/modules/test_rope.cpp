@@ -46,6 +46,14 @@ TEST(Rope, BadArgumentsAreNamed) {
   const Tensor x = test::randn({2, 3, 1, 8}, DType::f32);
   const std::vector<std::int64_t> one{0}, two{0, 0};
   EXPECT_THROW(modules::apply_rope(x, one, RopeConfig{}), Error);
+  RopeConfig inverted{};
+  inverted.scaling = {modules::RopeScaling::Kind::llama3, 8.0, 4.0, 1.0, 8192};
+  try {
+    modules::apply_rope(x, two, inverted);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rope.scaling"), std::string::npos) << e.what();
+  }
   try {
     modules::apply_rope(x, two, RopeConfig{0, 0.5});
     ADD_FAILURE() << "no error";
