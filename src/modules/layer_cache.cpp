@@ -1,5 +1,6 @@
 #include "attn/modules/layer_cache.hpp"
 
+#include "modules/packed.hpp"
 #include "modules/tensor_util.hpp"
 
 namespace attn::modules {
@@ -8,67 +9,54 @@ namespace {
 using detail::check_dim;
 using detail::check_f32;
 
-/// Throws unless every sequence has room for `incoming` more tokens; nothing is written before.
-void check_room(const std::vector<std::int64_t>& lengths, std::int64_t incoming, std::int64_t capacity,
-                const char* name) {
-  for (std::size_t b = 0; b < lengths.size(); ++b)
-    ATTN_CHECK(lengths[b] + incoming <= capacity, name, ": sequence ", b, " holds ", lengths[b], " tokens; ",
-               incoming, " more exceed the capacity of ", capacity);
-}
-
-/// Stores f32 src (B, S, ..., F) rows into dst (B, capacity, ..., F') of the cache's dtype at
-/// each sequence's length, features [first, first + F).
-void write_rows(const TensorView& dst, const TensorView& src, const std::vector<std::int64_t>& lengths,
-                std::int64_t first) {
-  const std::int64_t heads = src.ndim == 4 ? src.size(2) : 1, feat = src.size(-1);
-  for (int b = 0; b < int(src.size(0)); ++b)
-    for (std::int64_t s = 0; s < src.size(1); ++s)
-      for (std::int64_t h = 0; h < heads; ++h) {
-        const float* from = src.as<float>() + b * src.stride[0] + s * src.stride[1] + (src.ndim == 4 ? h * src.stride[2] : 0);
-        const std::int64_t to = b * dst.stride[0] + (lengths[std::size_t(b)] + s) * dst.stride[1] +
-                                (dst.ndim == 4 ? h * dst.stride[2] : 0) + first;
-        detail::store_row(detail::element_address(dst, to), dst.dtype, from, feat);
-      }
-}
-
 void check_storage(DType dtype) {
   ATTN_CHECK(is_storage_dtype(dtype), "dtype: expected f32, f16 or bf16, got ", dtype_name(dtype));
 }
 
-void check_queries(const TensorView& q, const TensorView& out, int batch, const std::vector<std::int64_t>& lengths) {
-  check_f32(q, "q", 4);
-  check_f32(out, "out", 4);
-  check_dim(q, "q", 0, batch, "the cache's batch size");
-  for (std::size_t b = 0; b < lengths.size(); ++b)
-    ATTN_CHECK(lengths[b] >= q.size(1), "q: ", q.size(1), " queries but sequence ", b, " caches only ", lengths[b],
-               " tokens; append the new tokens' keys first");
+/// Checks a packed (T, ...) tensor's first dimension against new_tokens; returns T.
+std::int64_t check_packed(const TensorView& t, const char* name, int ndim, std::span<const std::int64_t> new_tokens,
+                          int batch) {
+  check_f32(t, name, ndim);
+  const std::int64_t total = detail::packed_total(new_tokens, batch);
+  check_dim(t, name, 0, total, "the sum of new_tokens");
+  return total;
 }
 
-/// One attention call per sequence, because cached lengths differ between sequences. Attention
-/// runs in the cache's dtype (every kernel takes q, k, v of one dtype): f32 q is rounded to it and
-/// the output read back as f32.
-void attend_each(const TensorView& q_f32, const TensorView& k, const TensorView& v, const TensorView& out_f32,
-                 const std::vector<std::int64_t>& lengths, const AttentionParams& params, Backend backend) {
-  Tensor q_low, out_low;
-  TensorView q = q_f32, out = out_f32;
-  if (k.dtype != DType::f32) {
-    q_low = convert(q_f32, k.dtype);
-    out_low = Tensor(std::span<const std::int64_t>(out_f32.shape.data(), 4), k.dtype);
-    q = q_low;
-    out = out_low;
-  }
-  for (int b = 0; b < int(lengths.size()); ++b) {
-    const std::int64_t len = lengths[std::size_t(b)];
-    ForwardArgs args;
-    args.q = detail::sequence(q, b, 0, q.size(1));
-    args.k = detail::sequence(k, b, 0, len);
-    args.v = detail::sequence(v, b, 0, len);
-    args.out = detail::sequence(out, b, 0, out.size(1));
-    args.params = params;
-    attention_forward(args, backend);
-  }
-  if (out_low.defined())
-    for (std::int64_t i = 0; i < out_low.numel(); ++i) write_element(out_f32, i, read_element(out_low, i));
+/// Throws unless every sequence has room for its new tokens; nothing is written before.
+void check_room(const std::vector<std::int64_t>& lengths, std::span<const std::int64_t> new_tokens,
+                std::int64_t capacity, const char* name) {
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    ATTN_CHECK(lengths[b] + new_tokens[b] <= capacity, name, ": sequence ", b, " holds ", lengths[b], " tokens; ",
+               new_tokens[b], " more exceed the capacity of ", capacity);
+}
+
+/// Stores f32 packed src (T, [H,] F) rows into dst (B, capacity, [H,] F') of the cache's dtype
+/// after each sequence's tokens, features [first, first + F).
+void write_rows(const TensorView& dst, const TensorView& src, const std::vector<std::int64_t>& lengths,
+                std::span<const std::int64_t> new_tokens, std::int64_t first) {
+  const bool heads_dim = src.ndim == 3;
+  const std::int64_t heads = heads_dim ? src.size(1) : 1, feat = src.size(-1);
+  std::int64_t row = 0;
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    for (std::int64_t s = 0; s < new_tokens[b]; ++s, ++row)
+      for (std::int64_t h = 0; h < heads; ++h) {
+        const float* from = src.as<float>() + row * src.stride[0] + (heads_dim ? h * src.stride[1] : 0);
+        const std::int64_t to = std::int64_t(b) * dst.stride[0] + (lengths[b] + s) * dst.stride[1] +
+                                (heads_dim ? h * dst.stride[2] : 0) + first;
+        detail::store_row(detail::element_address(dst, to), dst.dtype, from, feat);
+      }
+}
+
+void advance(std::vector<std::int64_t>& lengths, std::span<const std::int64_t> new_tokens) {
+  for (std::size_t b = 0; b < lengths.size(); ++b) lengths[b] += new_tokens[b];
+}
+
+void discard(std::vector<std::int64_t>& lengths, std::span<const std::int64_t> new_tokens) {
+  detail::packed_total(new_tokens, int(lengths.size()));
+  for (std::size_t b = 0; b < lengths.size(); ++b)
+    ATTN_CHECK(new_tokens[b] <= lengths[b], "new_tokens: sequence ", b, " holds ", lengths[b], " tokens, cannot drop ",
+               new_tokens[b]);
+  for (std::size_t b = 0; b < lengths.size(); ++b) lengths[b] -= new_tokens[b];
 }
 
 void reset_slot(std::vector<std::int64_t>& lengths, int b) {
@@ -76,11 +64,38 @@ void reset_slot(std::vector<std::int64_t>& lengths, int b) {
   lengths[std::size_t(b)] = 0;
 }
 
-void discard(std::vector<std::int64_t>& lengths, std::int64_t tokens) {
+/// One attention call per sequence with new tokens, because cached lengths differ. Attention
+/// runs in the cache's dtype (every kernel takes q, k, v of one dtype): f32 q is rounded to it and
+/// the output read back as f32.
+void attend_each(const TensorView& q_f32, const TensorView& k, const TensorView& v, const TensorView& out_f32,
+                 const std::vector<std::int64_t>& lengths, std::span<const std::int64_t> new_tokens,
+                 const AttentionParams& params, Backend backend) {
   for (std::size_t b = 0; b < lengths.size(); ++b)
-    ATTN_CHECK(tokens >= 0 && tokens <= lengths[b], "tokens: expected 0 .. ", lengths[b], " (sequence ", b,
-               "'s length), got ", tokens);
-  for (std::int64_t& len : lengths) len -= tokens;
+    ATTN_CHECK(new_tokens[b] <= lengths[b], "q: ", new_tokens[b], " queries but sequence ", b, " caches only ",
+               lengths[b], " tokens; append the new tokens' keys first");
+  Tensor q_low, out_low;
+  TensorView q = q_f32, out = out_f32;
+  if (k.dtype != DType::f32) {
+    q_low = convert(q_f32, k.dtype);
+    out_low = Tensor(std::span<const std::int64_t>(out_f32.shape.data(), 3), k.dtype);
+    q = q_low;
+    out = out_low;
+  }
+  std::int64_t first = 0;
+  for (int b = 0; b < int(lengths.size()); ++b) {
+    const std::int64_t count = new_tokens[std::size_t(b)], len = lengths[std::size_t(b)];
+    if (count == 0) continue;
+    ForwardArgs args;
+    args.q = detail::packed_sequence(q, first, count);
+    args.k = detail::sequence(k, b, 0, len);
+    args.v = detail::sequence(v, b, 0, len);
+    args.out = detail::packed_sequence(out, first, count);
+    args.params = params;
+    attention_forward(args, backend);
+    first += count;
+  }
+  if (out_low.defined())
+    for (std::int64_t i = 0; i < out_low.numel(); ++i) write_element(out_f32, i, read_element(out_low, i));
 }
 
 }  // namespace
@@ -99,28 +114,26 @@ ContiguousKVCache::ContiguousKVCache(int batch, std::int64_t capacity, int heads
 
 void ContiguousKVCache::reset(int b) { reset_slot(lengths_, b); }
 
-void ContiguousKVCache::discard_last(std::int64_t tokens) { discard(lengths_, tokens); }
+void ContiguousKVCache::discard_last(std::span<const std::int64_t> new_tokens) { discard(lengths_, new_tokens); }
 
-void ContiguousKVCache::append(const TensorView& k, const TensorView& v) {
-  check_f32(k, "k", 4);
-  check_f32(v, "v", 4);
-  check_dim(k, "k", 0, batch_size(), "the cache's batch size");
-  check_dim(k, "k", 2, keys_.size(2), "the cache's kv heads");
-  check_dim(k, "k", 3, keys_.size(3), "the cache's head_dim");
-  check_dim(v, "v", 0, batch_size(), "the cache's batch size");
-  check_dim(v, "v", 1, k.size(1), "k's token count");
-  check_dim(v, "v", 2, values_.size(2), "the cache's kv heads");
-  check_dim(v, "v", 3, values_.size(3), "the cache's head_dim_v");
-  check_room(lengths_, k.size(1), capacity(), "k");
-  write_rows(keys_, k, lengths_, 0);
-  write_rows(values_, v, lengths_, 0);
-  for (std::int64_t& len : lengths_) len += k.size(1);
+void ContiguousKVCache::append(const TensorView& k, const TensorView& v, std::span<const std::int64_t> new_tokens) {
+  check_packed(k, "k", 3, new_tokens, batch_size());
+  check_packed(v, "v", 3, new_tokens, batch_size());
+  check_dim(k, "k", 1, keys_.size(2), "the cache's kv heads");
+  check_dim(k, "k", 2, keys_.size(3), "the cache's head_dim");
+  check_dim(v, "v", 1, values_.size(2), "the cache's kv heads");
+  check_dim(v, "v", 2, values_.size(3), "the cache's head_dim_v");
+  check_room(lengths_, new_tokens, capacity(), "k");
+  write_rows(keys_, k, lengths_, new_tokens, 0);
+  write_rows(values_, v, lengths_, new_tokens, 0);
+  advance(lengths_, new_tokens);
 }
 
-void ContiguousKVCache::attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
-                               Backend backend) const {
-  check_queries(q, out, batch_size(), lengths_);
-  attend_each(q, keys_, values_, out, lengths_, params, backend);
+void ContiguousKVCache::attend(const TensorView& q, const TensorView& out, std::span<const std::int64_t> new_tokens,
+                               const AttentionParams& params, Backend backend) const {
+  check_packed(q, "q", 3, new_tokens, batch_size());
+  check_packed(out, "out", 3, new_tokens, batch_size());
+  attend_each(q, keys_, values_, out, lengths_, new_tokens, params, backend);
 }
 
 ContiguousLatentCache::ContiguousLatentCache(int batch, std::int64_t capacity, int kv_lora_rank, int rope_dim,
@@ -137,20 +150,18 @@ ContiguousLatentCache::ContiguousLatentCache(int batch, std::int64_t capacity, i
 
 void ContiguousLatentCache::reset(int b) { reset_slot(lengths_, b); }
 
-void ContiguousLatentCache::discard_last(std::int64_t tokens) { discard(lengths_, tokens); }
+void ContiguousLatentCache::discard_last(std::span<const std::int64_t> new_tokens) { discard(lengths_, new_tokens); }
 
-void ContiguousLatentCache::append(const TensorView& c_kv, const TensorView& k_rope) {
-  check_f32(c_kv, "c_kv", 3);
-  check_f32(k_rope, "k_rope", 3);
-  check_dim(c_kv, "c_kv", 0, batch_size(), "the cache's batch size");
-  check_dim(c_kv, "c_kv", 2, kv_lora_rank_, "kv_lora_rank");
-  check_dim(k_rope, "k_rope", 0, batch_size(), "the cache's batch size");
-  check_dim(k_rope, "k_rope", 1, c_kv.size(1), "c_kv's token count");
-  check_dim(k_rope, "k_rope", 2, rope_dim_, "rope_dim");
-  check_room(lengths_, c_kv.size(1), capacity(), "c_kv");
-  write_rows(rows_, c_kv, lengths_, 0);
-  write_rows(rows_, k_rope, lengths_, kv_lora_rank_);
-  for (std::int64_t& len : lengths_) len += c_kv.size(1);
+void ContiguousLatentCache::append(const TensorView& c_kv, const TensorView& k_rope,
+                                   std::span<const std::int64_t> new_tokens) {
+  check_packed(c_kv, "c_kv", 2, new_tokens, batch_size());
+  check_packed(k_rope, "k_rope", 2, new_tokens, batch_size());
+  check_dim(c_kv, "c_kv", 1, kv_lora_rank_, "kv_lora_rank");
+  check_dim(k_rope, "k_rope", 1, rope_dim_, "rope_dim");
+  check_room(lengths_, new_tokens, capacity(), "c_kv");
+  write_rows(rows_, c_kv, lengths_, new_tokens, 0);
+  write_rows(rows_, k_rope, lengths_, new_tokens, kv_lora_rank_);
+  advance(lengths_, new_tokens);
 }
 
 void ContiguousLatentCache::read(int b, const TensorView& c_kv, const TensorView& k_rope) const {
@@ -171,12 +182,13 @@ void ContiguousLatentCache::read(int b, const TensorView& c_kv, const TensorView
   }
 }
 
-void ContiguousLatentCache::attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
-                                   Backend backend) const {
-  check_queries(q, out, batch_size(), lengths_);
-  check_dim(q, "q", 3, kv_lora_rank_ + rope_dim_, "kv_lora_rank + rope_dim");
-  check_dim(out, "out", 3, kv_lora_rank_, "kv_lora_rank");
-  attend_each(q, rows_, detail::last_dim_slice(rows_, 0, kv_lora_rank_), out, lengths_, params, backend);
+void ContiguousLatentCache::attend(const TensorView& q, const TensorView& out, std::span<const std::int64_t> new_tokens,
+                                   const AttentionParams& params, Backend backend) const {
+  check_packed(q, "q", 3, new_tokens, batch_size());
+  check_packed(out, "out", 3, new_tokens, batch_size());
+  check_dim(q, "q", 2, kv_lora_rank_ + rope_dim_, "kv_lora_rank + rope_dim");
+  check_dim(out, "out", 2, kv_lora_rank_, "kv_lora_rank");
+  attend_each(q, rows_, detail::last_dim_slice(rows_, 0, kv_lora_rank_), out, lengths_, new_tokens, params, backend);
 }
 
 }  // namespace attn::modules

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "modules/matmul.hpp"
+#include "modules/packed.hpp"
 #include "modules/tensor_util.hpp"
 
 namespace attn::modules {
@@ -85,65 +86,86 @@ Tensor MultiHeadLatentAttention::queries(const TensorView& x) const {
   return linear(weights_.q_up, apply_norm(weights_.q_norm, linear(weights_.q_down, x)));
 }
 
-Tensor MultiHeadLatentAttention::forward(const TensorView& x, const AttentionParams& params, Backend backend,
-                                         LatentKVCache* cache, MLAPath path) const {
+Tensor MultiHeadLatentAttention::attend_cached(const TensorView& x, std::span<const std::int64_t> new_tokens,
+                                               LatentKVCache& cache, const AttentionParams& params, Backend backend,
+                                               MLAPath path) const {
   const MLAConfig& c = config_;
-  detail::check_f32(x, "x", 3);
-  ATTN_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
-  detail::check_dim(x, "x", 2, c.d_model, "d_model");
-  const std::int64_t batch = x.size(0), seqlen = x.size(1), r = c.kv_lora_rank, p = c.qk_rope_head_dim;
-  if (cache != nullptr) {
-    ATTN_CHECK(cache->batch_size() == batch, "cache: holds ", cache->batch_size(), " sequences, x has ", batch);
-    ATTN_CHECK(cache->kv_lora_rank() == r && cache->rope_dim() == p, "cache: expected kv_lora_rank ", r,
-               " and rope_dim ", p, ", got ", cache->kv_lora_rank(), " and ", cache->rope_dim());
-  }
+  const std::int64_t tokens = detail::packed_total(new_tokens, cache.batch_size());
+  const std::int64_t r = c.kv_lora_rank, p = c.qk_rope_head_dim;
+  ATTN_CHECK(x.numel() / c.d_model == tokens, "x: holds ", x.numel() / c.d_model, " tokens, new_tokens add up to ",
+             tokens);
+  ATTN_CHECK(cache.kv_lora_rank() == r && cache.rope_dim() == p, "cache: expected kv_lora_rank ", r, " and rope_dim ",
+             p, ", got ", cache.kv_lora_rank(), " and ", cache.rope_dim());
 
   const Tensor q = queries(x);
   const Tensor latent = linear(weights_.kv_down, x);
-  Tensor c_raw({batch, seqlen, r}, DType::f32), k_rope({batch, seqlen, p}, DType::f32);
-  copy_block(latent.as<float>(), r + p, 0, c_raw.as<float>(), r, 0, batch * seqlen, r);
-  copy_block(latent.as<float>(), r + p, r, k_rope.as<float>(), p, 0, batch * seqlen, p);
+  Tensor c_raw({tokens, r}, DType::f32), k_rope({tokens, p}, DType::f32);
+  copy_block(latent.as<float>(), r + p, 0, c_raw.as<float>(), r, 0, tokens, r);
+  copy_block(latent.as<float>(), r + p, r, k_rope.as<float>(), p, 0, tokens, p);
   const Tensor c_kv = apply_norm(weights_.kv_norm, c_raw);
-
-  std::vector<std::int64_t> start(std::size_t(batch), 0);
-  if (cache != nullptr)
-    for (int b = 0; b < int(batch); ++b) start[std::size_t(b)] = cache->seqlen(b);
-  const TensorView q4 = reshape(q, {batch, seqlen, c.heads, c.qk_head_dim()});
-  apply_rope(detail::last_dim_slice(q4, c.qk_nope_head_dim, p), start, rope_of(c));
-  apply_rope(reshape(k_rope, {batch, seqlen, 1, p}), start, rope_of(c));
-
-  // Without a cache the tokens attend among themselves: a cache of exactly this call's tokens.
-  std::optional<ContiguousLatentCache> local;
-  if (cache == nullptr) local.emplace(int(batch), seqlen, int(r), int(p));
-  LatentKVCache& kv = cache != nullptr ? *cache : *local;
-  kv.append(c_kv, k_rope);
+  const std::vector<std::int64_t> positions = detail::new_token_positions(cache, new_tokens);
+  apply_rope(detail::last_dim_slice(reshape(q, {tokens, c.heads, c.qk_head_dim()}), c.qk_nope_head_dim, p), positions,
+             rope_of(c));
+  apply_rope(reshape(k_rope, {tokens, 1, p}), positions, rope_of(c));
+  cache.append(c_kv, k_rope, new_tokens);
 
   if (path == MLAPath::automatic) {
+    std::int64_t most = 0;
+    for (std::int64_t n : new_tokens) most = std::max(most, n);
     const std::int64_t extra_per_query = 2 * r + p - c.qk_head_dim() - c.v_head_dim;
-    path = seqlen * extra_per_query < r * (c.qk_nope_head_dim + c.v_head_dim) ? MLAPath::absorbed : MLAPath::expanded;
+    path = most * extra_per_query < r * (c.qk_nope_head_dim + c.v_head_dim) ? MLAPath::absorbed : MLAPath::expanded;
   }
-  Tensor out({batch, seqlen, c.heads, c.v_head_dim}, DType::f32);
+  Tensor out({tokens, c.heads, c.v_head_dim}, DType::f32);
   try {
     if (path == MLAPath::expanded) {
-      attend_expanded(q, kv, out, params, backend);
+      attend_expanded(q, cache, new_tokens, out, params, backend);
     } else {
-      attend_absorbed(q, kv, out, params, backend);
+      attend_absorbed(q, cache, new_tokens, out, params, backend);
     }
   } catch (...) {
-    kv.discard_last(seqlen);  // a failed call leaves the caller's cache as it was
+    cache.discard_last(new_tokens);
     throw;
   }
-  return linear(weights_.o, reshape(out, {batch, seqlen, std::int64_t(c.heads) * c.v_head_dim}));
+  return out;
 }
 
-void MultiHeadLatentAttention::attend_expanded(const Tensor& q, const LatentKVCache& cache, const Tensor& out,
+Tensor MultiHeadLatentAttention::forward(const TensorView& x, const AttentionParams& params, Backend backend,
+                                         LatentKVCache* cache, MLAPath path) const {
+  detail::check_f32(x, "x", 3);
+  ATTN_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
+  detail::check_dim(x, "x", 2, config_.d_model, "d_model");
+  const std::int64_t batch = x.size(0), seqlen = x.size(1);
+  if (cache != nullptr)
+    ATTN_CHECK(cache->batch_size() == batch, "cache: holds ", cache->batch_size(), " sequences, x has ", batch);
+  // Without a cache the tokens attend among themselves: a cache of exactly this call's tokens.
+  std::optional<ContiguousLatentCache> local;
+  if (cache == nullptr) local.emplace(make_cache(int(batch), std::max<std::int64_t>(seqlen, 1)));
+  const Tensor out = attend_cached(x, detail::uniform_new_tokens(batch, seqlen), cache != nullptr ? *cache : *local,
+                                   params, backend, path);
+  return linear(weights_.o, reshape(out, {batch, seqlen, std::int64_t(config_.heads) * config_.v_head_dim}));
+}
+
+Tensor MultiHeadLatentAttention::forward_packed(const TensorView& x, std::span<const std::int64_t> new_tokens,
+                                                LatentKVCache& cache, const AttentionParams& params, Backend backend,
+                                                MLAPath path) const {
+  detail::check_f32(x, "x", 2);
+  ATTN_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
+  detail::check_dim(x, "x", 1, config_.d_model, "d_model");
+  const Tensor out = attend_cached(x, new_tokens, cache, params, backend, path);
+  return linear(weights_.o, reshape(out, {x.size(0), std::int64_t(config_.heads) * config_.v_head_dim}));
+}
+
+void MultiHeadLatentAttention::attend_expanded(const Tensor& q, const LatentKVCache& cache,
+                                               std::span<const std::int64_t> new_tokens, const Tensor& out,
                                                const AttentionParams& params, Backend backend) const {
   const MLAConfig& c = config_;
-  const std::int64_t batch = out.size(0), seqlen = out.size(1), h = c.heads;
+  const std::int64_t tokens = out.size(0), h = c.heads;
   const std::int64_t n = c.qk_nope_head_dim, p = c.qk_rope_head_dim, dk = c.qk_head_dim(), dv = c.v_head_dim;
-  const TensorView q4 = reshape(q, {batch, seqlen, h, dk});
-  for (int b = 0; b < int(batch); ++b) {
-    const std::int64_t len = cache.seqlen(b);
+  const TensorView q3 = reshape(q, {tokens, h, dk});
+  std::int64_t first = 0;
+  for (int b = 0; b < cache.batch_size(); ++b) {
+    const std::int64_t count = new_tokens[std::size_t(b)], len = cache.seqlen(b);
+    if (count == 0) continue;
     Tensor c_kv({len, c.kv_lora_rank}, DType::f32), k_rope({len, p}, DType::f32);
     cache.read(b, c_kv, k_rope);
     const Tensor k_nope = linear(weights_.k_up, c_kv);  // (L, H N)
@@ -154,22 +176,24 @@ void MultiHeadLatentAttention::attend_expanded(const Tensor& q, const LatentKVCa
       copy_block(k_rope.as<float>(), p, 0, k.as<float>(), h * dk, hh * dk + n, len, p);
     }
     ForwardArgs args;
-    args.q = detail::sequence(q4, b, 0, seqlen);
+    args.q = detail::packed_sequence(q3, first, count);
     args.k = k;
     args.v = reshape(v, {1, len, h, dv});
-    args.out = detail::sequence(out, b, 0, seqlen);
+    args.out = detail::packed_sequence(out, first, count);
     args.params = params;
     attention_forward(args, backend);
+    first += count;
   }
 }
 
-void MultiHeadLatentAttention::attend_absorbed(const Tensor& q, const LatentKVCache& cache, const Tensor& out,
+void MultiHeadLatentAttention::attend_absorbed(const Tensor& q, const LatentKVCache& cache,
+                                               std::span<const std::int64_t> new_tokens, const Tensor& out,
                                                const AttentionParams& params, Backend backend) const {
   const MLAConfig& c = config_;
-  const std::int64_t rows = out.size(0) * out.size(1), h = c.heads, r = c.kv_lora_rank;
+  const std::int64_t rows = out.size(0), h = c.heads, r = c.kv_lora_rank;
   const std::int64_t n = c.qk_nope_head_dim, p = c.qk_rope_head_dim, dk = c.qk_head_dim(), dv = c.v_head_dim;
   // q_abs per head: [q_nope W_uk,h (R) ; q_rope (P)].
-  Tensor q_abs({out.size(0), out.size(1), h, r + p}, DType::f32);
+  Tensor q_abs({rows, h, r + p}, DType::f32);
   Tensor q_nope({rows, n}, DType::f32), q_lat({rows, r}, DType::f32);
   for (std::int64_t hh = 0; hh < h; ++hh) {
     copy_block(q.as<float>(), h * dk, hh * dk, q_nope.as<float>(), n, 0, rows, n);
@@ -181,8 +205,8 @@ void MultiHeadLatentAttention::attend_absorbed(const Tensor& q, const LatentKVCa
   // The scale belongs to the expanded head dim N + P, not to the latent's R + P.
   AttentionParams latent_params = params;
   if (latent_params.scale <= 0.0f) latent_params.scale = float(1.0 / std::sqrt(double(dk)));
-  Tensor o_lat({out.size(0), out.size(1), h, r}, DType::f32);
-  cache.attend(q_abs, o_lat, latent_params, backend);
+  Tensor o_lat({rows, h, r}, DType::f32);
+  cache.attend(q_abs, o_lat, new_tokens, latent_params, backend);
   // o_h = W_uv,h o_lat,h.
   Tensor o_head_lat({rows, r}, DType::f32), o_head({rows, dv}, DType::f32);
   for (std::int64_t hh = 0; hh < h; ++hh) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "modules/packed.hpp"
 #include "modules/tensor_util.hpp"
 
 namespace attn::modules {
@@ -54,49 +55,72 @@ ContiguousKVCache MultiHeadAttention::make_cache(int batch, std::int64_t capacit
   return ContiguousKVCache(batch, capacity, config_.resolved_kv_heads(), d, d, dtype);
 }
 
+MultiHeadAttention::Qkv MultiHeadAttention::project(const TensorView& x, std::span<const std::int64_t> positions) const {
+  const std::int64_t tokens = x.numel() / config_.d_model;
+  const int h = config_.heads, hk = config_.resolved_kv_heads(), d = config_.resolved_head_dim();
+  Qkv p{linear(weights_.q, x), linear(weights_.k, x), linear(weights_.v, x)};
+  if (weights_.q_norm) p.q = normalise_projection(*weights_.q_norm, p.q);
+  if (weights_.k_norm) p.k = normalise_projection(*weights_.k_norm, p.k);
+  if (config_.rope) {
+    apply_rope(reshape(p.q, {tokens, h, d}), positions, *config_.rope);
+    apply_rope(reshape(p.k, {tokens, hk, d}), positions, *config_.rope);
+  }
+  return p;
+}
+
+Tensor MultiHeadAttention::attend_cached(const TensorView& x, std::span<const std::int64_t> new_tokens,
+                                         LayerKVCache& cache, const AttentionParams& params, Backend backend) const {
+  const std::int64_t tokens = detail::packed_total(new_tokens, cache.batch_size());
+  ATTN_CHECK(x.numel() / config_.d_model == tokens, "x: holds ", x.numel() / config_.d_model,
+             " tokens, new_tokens add up to ", tokens);
+  const int h = config_.heads, hk = config_.resolved_kv_heads(), d = config_.resolved_head_dim();
+  const Qkv p = project(x, detail::new_token_positions(cache, new_tokens));
+  cache.append(reshape(p.k, {tokens, hk, d}), reshape(p.v, {tokens, hk, d}), new_tokens);
+  Tensor out({tokens, h, d}, DType::f32);
+  try {
+    cache.attend(reshape(p.q, {tokens, h, d}), out, new_tokens, params, backend);
+  } catch (...) {
+    cache.discard_last(new_tokens);
+    throw;
+  }
+  return out;
+}
+
 Tensor MultiHeadAttention::forward(const TensorView& x, const AttentionParams& params, Backend backend,
                                    LayerKVCache* cache) const {
   detail::check_f32(x, "x", 3);
   ATTN_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
   detail::check_dim(x, "x", 2, config_.d_model, "d_model");
-  const std::int64_t batch = x.size(0), seqlen = x.size(1);
-  const int h = config_.heads, hk = config_.resolved_kv_heads(), d = config_.resolved_head_dim();
-  if (cache != nullptr)
-    ATTN_CHECK(cache->batch_size() == batch, "cache: holds ", cache->batch_size(), " sequences, x has ", batch);
-
-  Tensor q = linear(weights_.q, x), k = linear(weights_.k, x), v = linear(weights_.v, x);
-  if (weights_.q_norm) q = normalise_projection(*weights_.q_norm, q);
-  if (weights_.k_norm) k = normalise_projection(*weights_.k_norm, k);
-  const TensorView q4 = reshape(q, {batch, seqlen, h, d});
-  const TensorView k4 = reshape(k, {batch, seqlen, hk, d});
-  const TensorView v4 = reshape(v, {batch, seqlen, hk, d});
-  if (config_.rope) {
-    std::vector<std::int64_t> start(std::size_t(batch), 0);
-    if (cache != nullptr)
-      for (int b = 0; b < int(batch); ++b) start[std::size_t(b)] = cache->seqlen(b);
-    apply_rope(q4, start, *config_.rope);
-    apply_rope(k4, start, *config_.rope);
-  }
-
-  Tensor attn_out({batch, seqlen, h, d}, DType::f32);
+  const std::int64_t batch = x.size(0), seqlen = x.size(1), hd = std::int64_t(config_.heads) * config_.resolved_head_dim();
   if (cache != nullptr) {
-    cache->append(k4, v4);
-    try {
-      cache->attend(q4, attn_out, params, backend);
-    } catch (...) {
-      cache->discard_last(seqlen);
-      throw;
-    }
-  } else {
-    ForwardArgs args;
-    args.q = q4;
-    args.k = k4;
-    args.v = v4;
-    args.out = attn_out;
-    args.params = params;
-    attention_forward(args, backend);
+    ATTN_CHECK(cache->batch_size() == batch, "cache: holds ", cache->batch_size(), " sequences, x has ", batch);
+    const Tensor out = attend_cached(x, detail::uniform_new_tokens(batch, seqlen), *cache, params, backend);
+    return linear(weights_.o, reshape(out, {batch, seqlen, hd}));
   }
-  return linear(weights_.o, reshape(attn_out, {batch, seqlen, std::int64_t(h) * d}));
+  // No cache: one padded attention call over the whole batch.
+  std::vector<std::int64_t> positions;
+  for (std::int64_t b = 0; b < batch; ++b)
+    for (std::int64_t s = 0; s < seqlen; ++s) positions.push_back(s);
+  const Qkv p = project(x, positions);
+  const int h = config_.heads, hk = config_.resolved_kv_heads(), d = config_.resolved_head_dim();
+  Tensor out({batch, seqlen, h, d}, DType::f32);
+  ForwardArgs args;
+  args.q = reshape(p.q, {batch, seqlen, h, d});
+  args.k = reshape(p.k, {batch, seqlen, hk, d});
+  args.v = reshape(p.v, {batch, seqlen, hk, d});
+  args.out = out;
+  args.params = params;
+  attention_forward(args, backend);
+  return linear(weights_.o, reshape(out, {batch, seqlen, hd}));
+}
+
+Tensor MultiHeadAttention::forward_packed(const TensorView& x, std::span<const std::int64_t> new_tokens,
+                                          LayerKVCache& cache, const AttentionParams& params, Backend backend) const {
+  detail::check_f32(x, "x", 2);
+  ATTN_CHECK(x.is_contiguous(), "x: expected a contiguous tensor");
+  detail::check_dim(x, "x", 1, config_.d_model, "d_model");
+  const Tensor out = attend_cached(x, new_tokens, cache, params, backend);
+  return linear(weights_.o, reshape(out, {x.size(0), std::int64_t(config_.heads) * config_.resolved_head_dim()}));
 }
 
 namespace {

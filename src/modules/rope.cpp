@@ -44,12 +44,13 @@ double frequency(const RopeConfig& rope, int i, int rotary_dim) {
 
 }  // namespace
 
-void apply_rope(const TensorView& x, std::span<const std::int64_t> start_positions, const RopeConfig& rope) {
-  ATTN_CHECK(x.defined() && x.ndim == 4 && x.dtype == DType::f32 && x.device.is_cpu() && x.stride_of(-1) == 1,
-             "x: expected a CPU f32 (batch, seqlen, heads, head_dim) tensor with unit last stride");
-  const int batch = int(x.size(0)), seqlen = int(x.size(1)), heads = int(x.size(2)), head_dim = int(x.size(3));
-  ATTN_CHECK(std::int64_t(start_positions.size()) == batch, "start_positions: expected ", batch,
-             " entries (one per sequence), got ", start_positions.size());
+void apply_rope(const TensorView& x, std::span<const std::int64_t> positions, const RopeConfig& rope) {
+  ATTN_CHECK(x.defined() && x.ndim == 3 && x.dtype == DType::f32 && x.device.is_cpu() && x.stride_of(-1) == 1,
+             "x: expected a CPU f32 (tokens, heads, head_dim) tensor with unit last stride");
+  const std::int64_t tokens = x.size(0);
+  const int heads = int(x.size(1)), head_dim = int(x.size(2));
+  ATTN_CHECK(std::int64_t(positions.size()) == tokens, "positions: expected ", tokens, " entries (one per token), got ",
+             positions.size());
   rope.check("rope", head_dim);
   const int half = rope.resolved_dim(head_dim) / 2;
   // Feature pair i: (first, second) offsets inside the head.
@@ -58,25 +59,24 @@ void apply_rope(const TensorView& x, std::span<const std::int64_t> start_positio
   std::vector<double> inv_freq(static_cast<std::size_t>(half));
   for (int i = 0; i < half; ++i) inv_freq[std::size_t(i)] = frequency(rope, i, 2 * half);
   std::vector<float> cos_t(static_cast<std::size_t>(half)), sin_t(static_cast<std::size_t>(half));
-  for (int b = 0; b < batch; ++b)
-    for (int s = 0; s < seqlen; ++s) {
-      // Angles in double: positions reach 1e5+ where f32 products lose the phase.
-      const double pos = double(start_positions[std::size_t(b)] + s);
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    // Angles in double: positions reach 1e5+ where f32 products lose the phase.
+    const double pos = double(positions[std::size_t(t)]);
+    for (int i = 0; i < half; ++i) {
+      cos_t[std::size_t(i)] = float(std::cos(pos * inv_freq[std::size_t(i)]));
+      sin_t[std::size_t(i)] = float(std::sin(pos * inv_freq[std::size_t(i)]));
+    }
+    for (int h = 0; h < heads; ++h) {
+      float* v = x.as<float>() + t * x.stride[0] + h * x.stride[1];
       for (int i = 0; i < half; ++i) {
-        cos_t[std::size_t(i)] = float(std::cos(pos * inv_freq[std::size_t(i)]));
-        sin_t[std::size_t(i)] = float(std::sin(pos * inv_freq[std::size_t(i)]));
-      }
-      for (int h = 0; h < heads; ++h) {
-        float* v = x.as<float>() + b * x.stride[0] + s * x.stride[1] + h * x.stride[2];
-        for (int i = 0; i < half; ++i) {
-          float& a = v[i * stride_a];
-          float& c = v[i * stride_a + second];
-          const float a0 = a, c0 = c;
-          a = a0 * cos_t[std::size_t(i)] - c0 * sin_t[std::size_t(i)];
-          c = a0 * sin_t[std::size_t(i)] + c0 * cos_t[std::size_t(i)];
-        }
+        float& a = v[i * stride_a];
+        float& c = v[i * stride_a + second];
+        const float a0 = a, c0 = c;
+        a = a0 * cos_t[std::size_t(i)] - c0 * sin_t[std::size_t(i)];
+        c = a0 * sin_t[std::size_t(i)] + c0 * cos_t[std::size_t(i)];
       }
     }
+  }
 }
 
 }  // namespace attn::modules

@@ -2,13 +2,16 @@
 // implementations that live here until src/cache's paged pool can implement the same
 // interfaces (one class each, no change to the layers).
 //
-// Shape letters: B sequences, S new tokens, L a sequence's cached length (new tokens included
-// once appended), Hk kv heads, D / Dv key / value head dims, R kv_lora_rank, P the rope dim.
+// Batches are packed, as continuous batching needs: a call brings T new tokens, new_tokens[b]
+// of them for sequence b (0 for a sequence that sits this step out), sequence 0's rows first.
+// Shape letters: B sequences, T packed new tokens, L a sequence's cached length (its new tokens
+// included once appended), Hk kv heads, D / Dv key / value head dims, R kv_lora_rank, P rope dim.
 // Every tensor crossing these interfaces is f32 (the layers' dtype) on the CPU with a unit last
 // stride; what a cache stores, and in which dtype its attention runs, is its own business.
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "attn/attention.hpp"
@@ -22,16 +25,17 @@ class LayerKVCache {
   virtual int batch_size() const = 0;
   /// Tokens held for sequence b.
   virtual std::int64_t seqlen(int b) const = 0;
-  /// Appends k (B, S, Hk, D) and v (B, S, Hk, Dv) after every sequence's tokens. Throws
+  /// Appends packed k (T, Hk, D) and v (T, Hk, Dv) after each sequence's tokens. Throws
   /// attn::Error and changes nothing when a sequence would run out of room.
-  virtual void append(const TensorView& k, const TensorView& v) = 0;
-  /// Drops the newest `tokens` of every sequence: undoes an append whose attention then failed,
-  /// so a failed layer call leaves the cache as it was.
-  virtual void discard_last(std::int64_t tokens) = 0;
-  /// out (B, S, Hq, Dv) = attention of q (B, S, Hq, D) over each sequence's L cached tokens;
-  /// queries are the last S of them (DESIGN.md's bottom-right alignment), so causal masks hold.
-  virtual void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
-                      Backend backend) const = 0;
+  virtual void append(const TensorView& k, const TensorView& v, std::span<const std::int64_t> new_tokens) = 0;
+  /// Drops each sequence's newest new_tokens[b] tokens: undoes an append whose attention then
+  /// failed, so a failed layer call leaves the cache as it was.
+  virtual void discard_last(std::span<const std::int64_t> new_tokens) = 0;
+  /// out (T, Hq, Dv) = attention of packed q (T, Hq, D) over each sequence's L cached tokens;
+  /// sequence b's queries are its last new_tokens[b] tokens (DESIGN.md's bottom-right
+  /// alignment), so causal masks hold.
+  virtual void attend(const TensorView& q, const TensorView& out, std::span<const std::int64_t> new_tokens,
+                      const AttentionParams& params, Backend backend) const = 0;
 };
 
 /// MLA's latent cache: per token only c_kv (R, after its norm) and the RoPE'd shared key (P).
@@ -43,16 +47,16 @@ class LatentKVCache {
   virtual std::int64_t seqlen(int b) const = 0;
   virtual int kv_lora_rank() const = 0;
   virtual int rope_dim() const = 0;
-  /// Appends c_kv (B, S, R) and k_rope (B, S, P); all-or-nothing like LayerKVCache::append.
-  virtual void append(const TensorView& c_kv, const TensorView& k_rope) = 0;
+  /// Appends packed c_kv (T, R) and k_rope (T, P); all-or-nothing like LayerKVCache::append.
+  virtual void append(const TensorView& c_kv, const TensorView& k_rope, std::span<const std::int64_t> new_tokens) = 0;
   /// As LayerKVCache::discard_last.
-  virtual void discard_last(std::int64_t tokens) = 0;
+  virtual void discard_last(std::span<const std::int64_t> new_tokens) = 0;
   /// Copies sequence b's L cached rows into c_kv (L, R) and k_rope (L, P), for the expanded path.
   virtual void read(int b, const TensorView& c_kv, const TensorView& k_rope) const = 0;
   /// The absorbed path's MQA: keys [c_kv ; k_rope] (one head of R + P), values c_kv (R), so
-  /// out (B, S, H, R) from q (B, S, H, R + P).
-  virtual void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
-                      Backend backend) const = 0;
+  /// out (T, H, R) from packed q (T, H, R + P).
+  virtual void attend(const TensorView& q, const TensorView& out, std::span<const std::int64_t> new_tokens,
+                      const AttentionParams& params, Backend backend) const = 0;
 };
 
 /// (B, capacity, Hk, D) keys and (B, capacity, Hk, Dv) values in f32, f16 or bf16, one length per
@@ -68,10 +72,10 @@ class ContiguousKVCache final : public LayerKVCache {
   std::int64_t capacity() const { return keys_.size(1); }
   /// Empties sequence b's slot for a new sequence; the others keep their tokens.
   void reset(int b);
-  void append(const TensorView& k, const TensorView& v) override;
-  void discard_last(std::int64_t tokens) override;
-  void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
-              Backend backend) const override;
+  void append(const TensorView& k, const TensorView& v, std::span<const std::int64_t> new_tokens) override;
+  void discard_last(std::span<const std::int64_t> new_tokens) override;
+  void attend(const TensorView& q, const TensorView& out, std::span<const std::int64_t> new_tokens,
+              const AttentionParams& params, Backend backend) const override;
 
  private:
   Tensor keys_, values_;
@@ -91,11 +95,11 @@ class ContiguousLatentCache final : public LatentKVCache {
   void reset(int b);
   int kv_lora_rank() const override { return kv_lora_rank_; }
   int rope_dim() const override { return rope_dim_; }
-  void append(const TensorView& c_kv, const TensorView& k_rope) override;
-  void discard_last(std::int64_t tokens) override;
+  void append(const TensorView& c_kv, const TensorView& k_rope, std::span<const std::int64_t> new_tokens) override;
+  void discard_last(std::span<const std::int64_t> new_tokens) override;
   void read(int b, const TensorView& c_kv, const TensorView& k_rope) const override;
-  void attend(const TensorView& q, const TensorView& out, const AttentionParams& params,
-              Backend backend) const override;
+  void attend(const TensorView& q, const TensorView& out, std::span<const std::int64_t> new_tokens,
+              const AttentionParams& params, Backend backend) const override;
 
  private:
   Tensor rows_;

@@ -1,6 +1,6 @@
 // Multi-head latent attention (MLA), as in DeepSeek-V2 / V3.
 //
-// Shape letters: B sequences, S new tokens, L cached tokens, M d_model, H heads,
+// Shape letters: B sequences, S new tokens, T packed new tokens, L cached tokens, M d_model, H heads,
 // Rq q_lora_rank, R kv_lora_rank, N qk_nope_head_dim, P qk_rope_head_dim, V v_head_dim.
 //
 //   queries:  q = W_uq norm(W_dq x)   (or q = W_q x when Rq = 0);  per head [q_nope (N) ; q_rope (P)]
@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "attn/attention.hpp"
 #include "attn/modules/layer_cache.hpp"
@@ -91,21 +92,32 @@ class MultiHeadLatentAttention {
   /// x f32 (B, S, M) contiguous -> (B, S, M). With a cache, sequence b's tokens sit at
   /// positions cache->seqlen(b) + s and their latents are appended before attending; without
   /// one, the S tokens attend among themselves. `params.scale` 0 means 1 / sqrt(N + P).
-  /// automatic picks absorbed when S (R + P + R - N - P - V) < R (N + V): absorption adds
-  /// per-query work in the wider latent dims but saves expanding k and v for every cached token,
-  /// so decode (and short chunks) goes absorbed, long prefill expanded.
+  /// automatic picks absorbed when S (R + P + R - N - P - V) < R (N + V), S the most new tokens
+  /// of any sequence: absorption adds per-query work in the wider latent dims but saves
+  /// expanding k and v for every cached token, so decode (and short chunks) goes absorbed, long
+  /// prefill expanded. A failed call leaves the cache as it was.
   Tensor forward(const TensorView& x, const AttentionParams& params = {}, Backend backend = Backend::automatic,
                  LatentKVCache* cache = nullptr, MLAPath path = MLAPath::automatic) const;
+
+  /// The packed form, for continuous batching: x f32 (T, M) holds new_tokens[b] tokens of
+  /// sequence b (see layer_cache.hpp). Returns (T, M).
+  Tensor forward_packed(const TensorView& x, std::span<const std::int64_t> new_tokens, LatentKVCache& cache,
+                        const AttentionParams& params = {}, Backend backend = Backend::automatic,
+                        MLAPath path = MLAPath::automatic) const;
 
   /// A contiguous latent cache sized for this layer, storing `dtype`.
   ContiguousLatentCache make_cache(int batch, std::int64_t capacity, DType dtype = DType::f32) const;
 
  private:
+  /// Appends the latents of x's T tokens (any leading shape) and returns the per-head
+  /// attention output (T, H, V).
+  Tensor attend_cached(const TensorView& x, std::span<const std::int64_t> new_tokens, LatentKVCache& cache,
+                       const AttentionParams& params, Backend backend, MLAPath path) const;
   Tensor queries(const TensorView& x) const;
-  void attend_expanded(const Tensor& q, const LatentKVCache& cache, const Tensor& out, const AttentionParams& params,
-                       Backend backend) const;
-  void attend_absorbed(const Tensor& q, const LatentKVCache& cache, const Tensor& out, const AttentionParams& params,
-                       Backend backend) const;
+  void attend_expanded(const Tensor& q, const LatentKVCache& cache, std::span<const std::int64_t> new_tokens,
+                       const Tensor& out, const AttentionParams& params, Backend backend) const;
+  void attend_absorbed(const Tensor& q, const LatentKVCache& cache, std::span<const std::int64_t> new_tokens,
+                       const Tensor& out, const AttentionParams& params, Backend backend) const;
 
   MLAConfig config_;
   MLAWeights weights_;

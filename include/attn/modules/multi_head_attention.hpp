@@ -1,13 +1,14 @@
 // The multi-head attention layer: projections, RoPE, attention through attention_forward,
 // output projection. MHA, GQA and MQA are one layer with kv_heads = heads, a divisor, or 1.
 //
-// Shape letters: B sequences, S tokens, M d_model, H heads, Hk kv heads, D head_dim.
+// Shape letters: B sequences, S tokens, T packed tokens, M d_model, H heads, Hk kv heads, D head_dim.
 // Weights follow nn.Linear, (out, in):
 //   q (H * D, M)   k (Hk * D, M)   v (Hk * D, M)   o (M, H * D), each with an optional bias.
 // Head h owns rows [h * D, (h + 1) * D) of q's weight (and columns of o's); kv head g those of k, v.
 #pragma once
 
 #include <optional>
+#include <span>
 
 #include "attn/attention.hpp"
 #include "attn/modules/layer_cache.hpp"
@@ -55,13 +56,30 @@ class MultiHeadAttention {
   /// With a cache (prefill or decode): sequence b's tokens sit at positions cache->seqlen(b) + s;
   /// their keys and values are appended and the queries attend over everything cached.
   /// `params.mask` uses DESIGN.md's positions, so Mask::causal_mask() is right in both cases.
+  /// A failed call leaves the cache as it was.
   Tensor forward(const TensorView& x, const AttentionParams& params = {}, Backend backend = Backend::automatic,
                  LayerKVCache* cache = nullptr) const;
+
+  /// The packed form, for continuous batching: x f32 (T, M) holds new_tokens[b] tokens of
+  /// sequence b (sequence 0's first; 0 skips a sequence), so one call can mix a prompt with
+  /// other sequences' decode steps. Returns (T, M). Otherwise as forward with a cache.
+  Tensor forward_packed(const TensorView& x, std::span<const std::int64_t> new_tokens, LayerKVCache& cache,
+                        const AttentionParams& params = {}, Backend backend = Backend::automatic) const;
 
   /// A contiguous cache sized for this layer, storing `dtype`.
   ContiguousKVCache make_cache(int batch, std::int64_t capacity, DType dtype = DType::f32) const;
 
  private:
+  /// Packed q (T, H, D), k (T, Hk, D), v (T, Hk, D) of x's T tokens: projected, QK-normed, and
+  /// rotated at `positions`.
+  struct Qkv {
+    Tensor q, k, v;
+  };
+  Qkv project(const TensorView& x, std::span<const std::int64_t> positions) const;
+  /// Appends x's keys and values to the cache and returns the attention output (T, H, D).
+  Tensor attend_cached(const TensorView& x, std::span<const std::int64_t> new_tokens, LayerKVCache& cache,
+                       const AttentionParams& params, Backend backend) const;
+
   MHAConfig config_;
   MHAWeights weights_;
 };

@@ -45,8 +45,8 @@ struct RopeConfig {
   void check(const char* name, int head_dim) const;
 };
 
-/// Rotates x in place: f32 (B, S, H, D) with unit last stride. Token s of sequence b sits at
-/// position start_positions[b] + s (decode passes the cache lengths).
-void apply_rope(const TensorView& x, std::span<const std::int64_t> start_positions, const RopeConfig& rope);
+/// Rotates x in place: f32 packed tokens (T, H, D) with unit last stride; token t sits at
+/// positions[t] (decode: the cache length before the token was appended).
+void apply_rope(const TensorView& x, std::span<const std::int64_t> positions, const RopeConfig& rope);
 
 }  // namespace attn::modules
