@@ -87,8 +87,8 @@ void attend_each(const TensorView& q_f32, const TensorView& k, const TensorView&
     if (count == 0) continue;
     ForwardArgs args;
     args.q = detail::packed_sequence(q, first, count);
-    args.k = detail::sequence(k, b, 0, len);
-    args.v = detail::sequence(v, b, 0, len);
+    args.k = detail::sequence(k, b, len);
+    args.v = detail::sequence(v, b, len);
     args.out = detail::packed_sequence(out, first, count);
     args.params = params;
     attention_forward(args, backend);

@@ -8,10 +8,10 @@
 
 namespace attn::modules::detail {
 
-/// Sequence b of a (B, S, ...) view as (1, len, ...) with the same strides, tokens [first, first + len).
-inline TensorView sequence(const TensorView& t, int b, std::int64_t first, std::int64_t len) {
+/// The first len tokens of sequence b of a (B, S, ...) view, as (1, len, ...) with the same strides.
+inline TensorView sequence(const TensorView& t, int b, std::int64_t len) {
   TensorView s = t;
-  s.data = static_cast<char*>(t.data) + (b * t.stride[0] + first * t.stride[1]) * std::int64_t(dtype_size(t.dtype));
+  s.data = static_cast<char*>(t.data) + b * t.stride[0] * std::int64_t(dtype_size(t.dtype));
   s.shape[0] = 1;
   s.shape[1] = len;
   return s;
