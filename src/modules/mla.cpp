@@ -58,12 +58,14 @@ MultiHeadLatentAttention::MultiHeadLatentAttention(MLAConfig config, MLAWeights 
   } else {
     weights_.q_down.check("q_down", c.q_lora_rank, m);
     weights_.q_norm.check("q_norm", c.q_lora_rank);
-    ATTN_CHECK(weights_.q_norm.kind == c.norm, "q_norm.kind: expected the config's norm");
+    ATTN_CHECK(weights_.q_norm.kind == c.norm && weights_.q_norm.eps == c.norm_eps,
+               "q_norm: expected the config's norm kind and norm_eps");
     weights_.q_up.check("q_up", h * c.qk_head_dim(), c.q_lora_rank);
   }
   weights_.kv_down.check("kv_down", r + c.qk_rope_head_dim, m);
   weights_.kv_norm.check("kv_norm", r);
-  ATTN_CHECK(weights_.kv_norm.kind == c.norm, "kv_norm.kind: expected the config's norm");
+  ATTN_CHECK(weights_.kv_norm.kind == c.norm && weights_.kv_norm.eps == c.norm_eps,
+             "kv_norm: expected the config's norm kind and norm_eps");
   weights_.k_up.check("k_up", h * n, r);
   weights_.v_up.check("v_up", h * c.v_head_dim, r);
   ATTN_CHECK(!weights_.k_up.bias.defined(), "k_up.bias: expected none (the absorbed path folds W_uk into the query)");

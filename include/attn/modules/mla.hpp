@@ -36,7 +36,7 @@ struct MLAConfig {
   int qk_nope_head_dim = 0;
   int qk_rope_head_dim = 0;
   int v_head_dim = 0;
-  /// Norm of c_kv (and of the query latent when q_lora_rank > 0).
+  /// Norm of c_kv (and of the query latent when q_lora_rank > 0); the weights' Norm must agree.
   NormKind norm = NormKind::rms_norm;
   float norm_eps = 1e-6f;
   /// RoPE over the qk_rope_head_dim features (all of them).
