@@ -289,6 +289,22 @@ TEST(Mla, PackedBatchesMixPromptsAndDecodeSteps) {
   }
 }
 
+TEST(Mla, DeepSeekHeadDimsWithFewHeads) {
+  // DeepSeek's per-head dims (R 512, N 128, P 64, V 128: attention at 192 / 128 expanded,
+  // 576 / 512 absorbed) with 2 heads and a narrow model, to keep the float64 check fast.
+  MLAConfig c = MLAConfig::deepseek_v2_lite();
+  c.d_model = 64;
+  c.heads = 2;
+  const MultiHeadLatentAttention layer = random_mla(c);
+  const Tensor x = test::randn({1, 5, 64}, DType::f32);
+  AttentionParams params;
+  params.mask = Mask::causal_mask();
+  const Mat want = mla64(layer, test::rows_of(x, 0, 0, 5), 0, params);
+  for (MLAPath path : {MLAPath::expanded, MLAPath::absorbed})
+    EXPECT_LT(test::max_rel_err(layer.forward(x, params, Backend::reference, nullptr, path), want), 2e-6)
+        << (path == MLAPath::absorbed ? "absorbed" : "expanded");
+}
+
 TEST(Mla, CacheBytesPerTokenOfDeepSeekV3) {
   const MLAConfig v3 = MLAConfig::deepseek_v3();
   const modules::CacheBytesPerToken bytes = modules::mla_cache_bytes_per_token(v3, 61, DType::bf16, 8);
