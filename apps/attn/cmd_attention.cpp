@@ -11,6 +11,7 @@
 #include "attn/attention.hpp"
 #include "commands.hpp"
 #include "npy.hpp"
+#include "workload.hpp"
 
 namespace attn::cli {
 namespace {
@@ -69,21 +70,13 @@ Tensor rounded(const TensorView& t, DType storage, DType hold) {
   return storage == hold ? r : convert(r, hold);
 }
 
-/// A copy on `device` (or `t` itself when it is already there).
-Tensor on(const Tensor& t, Device device) {
-  if (!t.defined() || t.device() == device) return t;
-  Tensor d(std::span<const std::int64_t>(t.view().shape.data(), std::size_t(t.view().ndim)), t.dtype(), device);
-  copy(d, t);
-  return d;
-}
-
 Tensor like(const TensorView& t, DType dtype, Device device, std::int64_t last) {
   std::vector<std::int64_t> shape(t.shape.begin(), t.shape.begin() + t.ndim);
   shape.back() = last;
   return Tensor(shape, dtype, device);
 }
 
-void write_f32(const std::string& path, const Tensor& t) { write_npy(path, convert(on(t, Device::cpu()), DType::f32)); }
+void write_f32(const std::string& path, const Tensor& t) { write_npy(path, convert(on_device(t, Device::cpu()), DType::f32)); }
 
 /// The mask options; the layout and global positions it views are loaded onto `device`.
 Mask read_mask(const Args& args, Device device, Tensor& layout, Tensor& globals) {
@@ -106,14 +99,14 @@ Mask read_mask(const Args& args, Device device, Tensor& layout, Tensor& globals)
   if (args.has("--block-sparse") != args.has("--block"))
     args.fail(args.has("--block") ? "--block" : "--block-sparse", "--block-sparse LAYOUT.npy and --block BQ,BK go together");
   if (args.has("--block-sparse")) {
-    layout = on(load(args, "--block-sparse", {DType::u8}, "a uint8 or bool array"), device);
+    layout = on_device(load(args, "--block-sparse", {DType::u8}, "a uint8 or bool array"), device);
     const auto b = args.integers("--block", 2, 1);
     m.block_layout = layout;
     m.block_q = b[0];
     m.block_k = b[1];
   }
   if (args.has("--global")) {
-    globals = on(load(args, "--global", {DType::i32}, "an int32 array"), device);
+    globals = on_device(load(args, "--global", {DType::i32}, "an int32 array"), device);
     m.global_tokens = globals;
   }
   return m;
@@ -155,13 +148,13 @@ int attention_command(const Argv& argv, std::ostream& out) {
   fa.params.softcap = float(args.number("--softcap", 0.0, 0.0));
   if (args.has("--scale") && fa.params.scale <= 0.0f) args.fail("--scale", "expected a number > 0, got '" + *args.get("--scale") + "'");
 
-  const Tensor q = on(convert(load_float(args, "--q"), dtype), device);
-  const Tensor k = on(convert(load_float(args, "--k"), dtype), device);
-  const Tensor v = on(convert(load_float(args, "--v"), dtype), device);
+  const Tensor q = on_device(convert(load_float(args, "--q"), dtype), device);
+  const Tensor k = on_device(convert(load_float(args, "--k"), dtype), device);
+  const Tensor v = on_device(convert(load_float(args, "--v"), dtype), device);
   Tensor cu_q, cu_k;
   if (packed) {
-    cu_q = on(load(args, "--cu-seqlens-q", {DType::i32}, "an int32 array"), device);
-    cu_k = on(load(args, "--cu-seqlens-k", {DType::i32}, "an int32 array"), device);
+    cu_q = on_device(load(args, "--cu-seqlens-q", {DType::i32}, "an int32 array"), device);
+    cu_k = on_device(load(args, "--cu-seqlens-k", {DType::i32}, "an int32 array"), device);
   }
   const std::string out_path = args.required("--out");
 
@@ -189,7 +182,7 @@ int attention_command(const Argv& argv, std::ostream& out) {
   Tensor dq, dk, dv;
   double bwd_ms = 0;
   if (backward) {
-    const Tensor dout = on(rounded(load_float(args, "--dout"), dtype, out_dtype), device);
+    const Tensor dout = on_device(rounded(load_float(args, "--dout"), dtype, out_dtype), device);
     BackwardArgs ba;
     ba.q = q;
     ba.k = k;
