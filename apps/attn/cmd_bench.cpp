@@ -25,6 +25,9 @@ const Usage kUsage{
         {"--threads", "N", "threads for the kernels (ATTN_NUM_THREADS), SGEMM and FMA loop (default: all cores)"},
     }};
 
+// The memory rows' goal: a long sequence in a fixed, small footprint (no S x S buffer anywhere).
+constexpr double kMemoryTargetMiB = 256.0;
+
 struct Ceilings {
   int sgemm_n = 0;
   double sgemm = 0;  ///< GFLOP/s; 0 without cblas
@@ -92,8 +95,9 @@ void print_json(std::ostream& out, const BenchOptions& o, const Ceilings& c, con
         << ", \"runs\": " << r.m.runs << ", \"gflops\": " << fixed(r.gflops(), 3)
         << ", \"gbytes_per_s\": " << fixed(r.gbytes(), 3)
         << ", \"vs_sgemm\": " << (c.sgemm > 0 ? fixed(r.gflops() / c.sgemm, 4) : "null")
-        << ", \"peak_rss_mib\": " << fixed(r.m.peak_rss_mib, 2) << ", \"base_rss_mib\": " << fixed(r.m.base_rss_mib, 2)
-        << "}";
+        << ", \"peak_rss_mib\": " << fixed(r.m.peak_rss_mib, 2) << ", \"base_rss_mib\": " << fixed(r.m.base_rss_mib, 2);
+    if (r.c->group == "memory") out << ", \"rss_target_mib\": " << fixed(kMemoryTargetMiB, 0);
+    out << "}";
   }
   out << "\n  ]\n}\n";
 }
@@ -154,6 +158,11 @@ int bench_command(const Argv& argv, std::ostream& out) {
     out << "\nGFLOP/s counts only the pairs the mask keeps (forward 4*D per pair, backward 2.5x); median of "
            "timed runs after a warm-up.\npeak MiB: getrusage maxrss of a child forked per row (includes the "
         << fixed(rows.front().m.base_rss_mib, 1) << " MiB the process had before the row allocated).\n";
+    for (const Row& r : rows)
+      if (r.c->group == "memory")
+        out << "memory " << r.c->shape << " " << r.c->pass << ": peak " << fixed(r.m.peak_rss_mib, 1)
+            << " MiB, target under " << fixed(kMemoryTargetMiB, 0) << " MiB: "
+            << (r.m.peak_rss_mib < kMemoryTargetMiB ? "met" : "MISSED") << '\n';
   }
   return 0;
 }
