@@ -64,6 +64,17 @@ Tensor load_float(const Args& args, const char* option) {
   return load(args, option, {DType::f32, DType::f16, DType::f64}, "a float32 array");
 }
 
+/// A token tensor: (B,S,H,D), or (T,H,D) for a packed batch, rounded to the storage type. The
+/// rank is checked here because the output shapes are derived from it before the library runs.
+Tensor load_tokens(const Args& args, const char* option, bool packed, DType dtype) {
+  Tensor t = load_float(args, option);
+  const int want = packed ? 3 : 4;
+  if (t.view().ndim != want)
+    args.fail(option, *args.get(option) + ": expected " + std::to_string(want) + " dimensions " +
+                          (packed ? "(T,H,D) with --cu-seqlens" : "(B,S,H,D)") + ", got " + t.view().shape_str());
+  return convert(t, dtype);
+}
+
 /// Values rounded to `storage`, held in `hold` (the reference keeps f32 outputs and dout).
 Tensor rounded(const TensorView& t, DType storage, DType hold) {
   Tensor r = convert(t, storage);
@@ -148,9 +159,9 @@ int attention_command(const Argv& argv, std::ostream& out) {
   fa.params.softcap = float(args.number("--softcap", 0.0, 0.0));
   if (args.has("--scale") && fa.params.scale <= 0.0f) args.fail("--scale", "expected a number > 0, got '" + *args.get("--scale") + "'");
 
-  const Tensor q = on_device(convert(load_float(args, "--q"), dtype), device);
-  const Tensor k = on_device(convert(load_float(args, "--k"), dtype), device);
-  const Tensor v = on_device(convert(load_float(args, "--v"), dtype), device);
+  const Tensor q = on_device(load_tokens(args, "--q", packed, dtype), device);
+  const Tensor k = on_device(load_tokens(args, "--k", packed, dtype), device);
+  const Tensor v = on_device(load_tokens(args, "--v", packed, dtype), device);
   Tensor cu_q, cu_k;
   if (packed) {
     cu_q = on_device(load(args, "--cu-seqlens-q", {DType::i32}, "an int32 array"), device);

@@ -6,7 +6,10 @@
 // large buffer: the child's peak is the row's own allocations plus the parent's few MiB (reported
 // as base_rss_mib). A crash in a row also stays in its child.
 //
-// Not for CUDA: a process must not fork after initialising CUDA. GPU suites time in-process.
+// Fork from a process that has not run kernels yet: a child gets only the forking thread, so a
+// CPU thread pool the parent had already started would exist in the child without its threads.
+// `attn bench` keeps its parent free of kernel calls for this reason. Not for CUDA either: a
+// process must not fork after initialising CUDA, so GPU suites time in-process.
 #pragma once
 
 #include <array>

@@ -231,6 +231,10 @@ TEST_F(BadArguments, EachNamesTheArgument) {
   expect_rejected(command({"--lse"}), "--lse");
   expect_rejected(command({}, "--q"), "--q");
   expect_rejected(command({"--q", dir_ / "ints.npy"}, "--q"), "--q");
+  expect_rejected(command({"--q", dir_ / "cq.npy"}, "--q"), "--q");  // int32
+  write_npy(dir_ / "flat.npy", test::randn({8}, DType::f32));
+  expect_rejected(command({"--v", dir_ / "flat.npy"}, "--v"), "--v");
+  expect_rejected(command({"--cu-seqlens-q", dir_ / "cq.npy", "--cu-seqlens-k", dir_ / "cq.npy"}), "--q");
   expect_rejected(command({"--q", dir_ / "missing.npy"}, "--q"), "missing.npy");
   // Errors from the library itself are one line too, naming the library's argument.
   expect_rejected(command({"--k", dir_ / "k16.npy"}, "--k"), "k: expected head_dim");
