@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <limits>
 #include <ostream>
 
@@ -96,6 +97,19 @@ double tolerance(DType dtype, bool backward) {
   return backward ? 10 * base : base;
 }
 
+/// Median wall time of `runs` calls.
+double median_ms(const std::function<void()>& call, int runs) {
+  using Clock = std::chrono::steady_clock;
+  std::vector<double> ms;
+  for (int r = 0; r < runs; ++r) {
+    const auto t0 = Clock::now();
+    call();
+    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 struct Outcome {
   double error = 0;
   double scale = 1;  ///< max(1, largest |reference value|): what the tolerance is relative to
@@ -119,25 +133,25 @@ Outcome run(const Mechanism& m, Backend backend, DType dtype) {
   if (layout.defined()) params.mask.block_layout = layout;
   if (globals.defined()) params.mask.global_tokens = globals;
 
-  // The kernel: one warm-up call, then one timed call.
-  using Clock = std::chrono::steady_clock;
+  // The kernel. The forward always runs first (the backward needs its out and lse), which also
+  // warms up the forward timing below.
   const ForwardArgs fa = w.forward_args(params);
   Tensor fws({std::int64_t(attention_forward_workspace_size(fa, backend))}, DType::u8, device);
   attention_forward(fa, {fws.data(), fws.nbytes()}, backend);
+  // The reference is slow and only there for comparison: one timed run is enough for it.
+  const int runs = backend == Backend::reference ? 1 : 5;
   Outcome o;
   std::size_t workspace = fws.nbytes();
-  auto t0 = Clock::now();
   if (m.backward) {
     const BackwardArgs ba = w.backward_args(params);
     Tensor bws({std::int64_t(attention_backward_workspace_size(ba, backend))}, DType::u8, device);
     workspace = std::max(workspace, bws.nbytes());
-    attention_backward(ba, {bws.data(), bws.nbytes()}, backend);
-    t0 = Clock::now();
-    attention_backward(ba, {bws.data(), bws.nbytes()}, backend);
+    const auto call = [&] { attention_backward(ba, {bws.data(), bws.nbytes()}, backend); };
+    if (runs > 1) call();  // warm-up
+    o.ms = median_ms(call, runs);
   } else {
-    attention_forward(fa, {fws.data(), fws.nbytes()}, backend);
+    o.ms = median_ms([&] { attention_forward(fa, {fws.data(), fws.nbytes()}, backend); }, runs);
   }
-  o.ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   o.used_bytes = double(w.nbytes() + workspace);
 
   const Workload got = w.on(Device::cpu());
@@ -204,7 +218,8 @@ int demo_command(const Argv& argv, std::ostream& out) {
       << backend_name(backend) << " kernels and checked against the float64 reference.\n"
       << "  error: max |kernel - reference| over the output (gradients for backward)\n"
       << "  S matrix: memory that materialising the f32 scores (and dS for backward) would add\n"
-      << "  used: what the kernel used: inputs, outputs and its workspace\n\n"
+      << "  used: what the kernel used: inputs, outputs and its workspace\n"
+      << "  time: median of 5 calls after a warm-up (one call for the reference)\n\n"
       << column("mechanism", 13) << column("error", 9) << column("ok", 3) << column("time ms", 8)
       << column("S matrix", 10) << column("used", 10) << "what it is\n";
   int failures = 0;
