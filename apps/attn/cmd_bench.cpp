@@ -1,5 +1,6 @@
 // `attn bench`: runs the suites of bench_suites.cpp for one backend and prints a table (or
 // JSON) of time, GFLOP/s and peak memory per row, beside ceilings measured in the same run.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <ostream>
@@ -37,6 +38,7 @@ struct Ceilings {
 struct Row {
   const BenchCase* c;
   Measurement m;
+  std::string error;  ///< the row's attn::Error (e.g. a pass the backend lacks); empty when it ran
   double gflops() const { return m.median_ms > 0 ? c->flops / (m.median_ms * 1e6) : 0; }
   double gbytes() const { return m.median_ms > 0 ? c->bytes / (m.median_ms * 1e6) : 0; }
 };
@@ -75,7 +77,12 @@ void print_table_header(std::ostream& out, const BenchOptions& o, const Ceilings
 
 void print_table_row(std::ostream& out, const Row& r, const Ceilings& c) {
   out << pad(r.c->group, 10) << pad(r.c->name, 16) << pad(r.c->shape, 20) << pad(dtype_name(r.c->dtype), 5)
-      << pad(r.c->pass, 4) << pad(fixed(r.m.median_ms, 3), 11, true) << pad(fixed(r.gflops(), 1), 9, true)
+      << pad(r.c->pass, 4);
+  if (!r.error.empty()) {
+    out << "  failed: " << r.error << std::endl;
+    return;
+  }
+  out << pad(fixed(r.m.median_ms, 3), 11, true) << pad(fixed(r.gflops(), 1), 9, true)
       << pad(c.sgemm > 0 ? fixed(100.0 * r.gflops() / c.sgemm, 1) + "%" : "-", 9, true)
       << pad(fixed(r.m.peak_rss_mib, 1), 9, true) << std::endl;  // flushed: big rows take a while
 }
@@ -89,8 +96,12 @@ void print_json(std::ostream& out, const BenchOptions& o, const Ceilings& c, con
     const Row& r = rows[i];
     out << (i ? "," : "") << "\n    {\"group\": " << json_string(r.c->group) << ", \"pattern\": "
         << json_string(r.c->name) << ", \"shape\": " << json_string(r.c->shape)
-        << ", \"dtype\": " << json_string(dtype_name(r.c->dtype)) << ", \"pass\": " << json_string(r.c->pass)
-        << ", \"flops\": " << fixed(r.c->flops, 0) << ", \"bytes\": " << fixed(r.c->bytes, 0)
+        << ", \"dtype\": " << json_string(dtype_name(r.c->dtype)) << ", \"pass\": " << json_string(r.c->pass);
+    if (!r.error.empty()) {
+      out << ", \"error\": " << json_string(r.error) << "}";
+      continue;
+    }
+    out << ", \"flops\": " << fixed(r.c->flops, 0) << ", \"bytes\": " << fixed(r.c->bytes, 0)
         << ", \"median_ms\": " << fixed(r.m.median_ms, 4) << ", \"min_ms\": " << fixed(r.m.min_ms, 4)
         << ", \"runs\": " << r.m.runs << ", \"gflops\": " << fixed(r.gflops(), 3)
         << ", \"gbytes_per_s\": " << fixed(r.gbytes(), 3)
@@ -147,23 +158,40 @@ int bench_command(const Argv& argv, std::ostream& out) {
 
   const bool json = args.has("--json");
   if (!json) print_table_header(out, o, ceil);
+  // A failing row (say, a pass the backend does not have yet) is reported in its place and the
+  // others still run; the command then fails as a whole.
   std::vector<Row> rows;
+  std::size_t failed = 0;
   for (const auto& [suite, c] : cases) {
-    rows.push_back({&c, suite->measure(c, o)});
+    Row row{&c, {}, {}};
+    try {
+      row.m = suite->measure(c, o);
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      row.error = what.rfind("attn: ", 0) == 0 ? what.substr(6) : what;  // the prefix is added once, at the end
+      ++failed;
+    }
+    rows.push_back(row);
     if (!json) print_table_row(out, rows.back(), ceil);
   }
   if (json) {
     print_json(out, o, ceil, rows);
-  } else {
+  } else if (failed < rows.size()) {
+    double base = 0;
+    for (const Row& r : rows) base = std::max(base, r.m.base_rss_mib);
     out << "\nGFLOP/s counts only the pairs the mask keeps (forward 4*D per pair, backward 2.5x); median of "
            "timed runs after a warm-up.\npeak MiB: getrusage maxrss of a child forked per row (includes the "
-        << fixed(rows.front().m.base_rss_mib, 1) << " MiB the process had before the row allocated).\n";
+        << fixed(base, 1) << " MiB the process had before the row allocated).\n";
     for (const Row& r : rows)
-      if (r.c->group == "memory")
+      if (r.c->group == "memory" && r.error.empty())
         out << "memory " << r.c->shape << " " << r.c->pass << ": peak " << fixed(r.m.peak_rss_mib, 1)
             << " MiB, target under " << fixed(kMemoryTargetMiB, 0) << " MiB: "
             << (r.m.peak_rss_mib < kMemoryTargetMiB ? "met" : "MISSED") << '\n';
   }
+  for (const Row& r : rows)
+    if (!r.error.empty())
+      detail::fail("bench: ", failed, " of ", rows.size(), " rows failed; the first (", r.c->label(),
+                   "): ", r.error);
   return 0;
 }
 
