@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <ostream>
 #include <string>
 #include <thread>
@@ -43,6 +44,14 @@ struct Row {
   double gbytes() const { return m.median_ms > 0 ? c->bytes / (m.median_ms * 1e6) : 0; }
 };
 
+/// The CPU's model name from /proc/cpuinfo, so saved results say what they ran on.
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
 std::string fixed(double x, int decimals) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%.*f", decimals, x);
@@ -65,8 +74,8 @@ std::string json_string(const std::string& s) {
 }
 
 void print_table_header(std::ostream& out, const BenchOptions& o, const Ceilings& c) {
-  out << "attn bench: backend " << backend_name(o.backend) << ", " << o.threads << " thread(s)"
-      << (o.quick ? ", quick shapes" : "") << "\n";
+  out << "attn bench: backend " << backend_name(o.backend) << ", " << o.threads << " thread(s) on " << cpu_model()
+      << " (" << std::thread::hardware_concurrency() << " logical cores)" << (o.quick ? ", quick shapes" : "") << "\n";
   out << "ceilings measured now: SGEMM " << c.sgemm_n << "^3 via OpenBLAS "
       << (c.sgemm > 0 ? fixed(c.sgemm, 1) + " GFLOP/s" : std::string("n/a (built without cblas)"))
       << ", FMA peak loop (" << fma_peak_isa() << ") " << fixed(c.fma, 1) << " GFLOP/s\n\n";
@@ -88,7 +97,8 @@ void print_table_row(std::ostream& out, const Row& r, const Ceilings& c) {
 }
 
 void print_json(std::ostream& out, const BenchOptions& o, const Ceilings& c, const std::vector<Row>& rows) {
-  out << "{\n  \"backend\": " << json_string(backend_name(o.backend)) << ",\n  \"threads\": " << o.threads
+  out << "{\n  \"backend\": " << json_string(backend_name(o.backend)) << ",\n  \"cpu\": " << json_string(cpu_model())
+      << ",\n  \"logical_cores\": " << std::thread::hardware_concurrency() << ",\n  \"threads\": " << o.threads
       << ",\n  \"quick\": " << (o.quick ? "true" : "false") << ",\n  \"ceilings\": {\"sgemm_n\": " << c.sgemm_n
       << ", \"sgemm_gflops\": " << (c.sgemm > 0 ? fixed(c.sgemm, 3) : "null") << ", \"fma_peak_gflops\": "
       << fixed(c.fma, 3) << ", \"fma_isa\": " << json_string(fma_peak_isa()) << "},\n  \"rows\": [";
