@@ -39,13 +39,15 @@ Args::Args(const Usage& usage, const std::vector<std::string>& argv) : usage_(us
       help_ = true;
       continue;
     }
-    if (word.rfind("--", 0) != 0) detail::fail("unexpected argument '", word, "' (try attn ", usage.command, " --help)");
+    if (word.rfind("--", 0) != 0)
+      detail::fail("unexpected argument '", word, "' (try attn ", usage.command, " --help)");
     const std::size_t eq = word.find('=');
     const std::string name = word.substr(0, eq);
     const OptionSpec* s = nullptr;
     for (const auto& o : usage.options)
       if (o.name == name) s = &o;
-    if (s == nullptr) detail::fail(name, ": unknown option for attn ", usage.command, " (try attn ", usage.command, " --help)");
+    if (s == nullptr)
+      detail::fail(name, ": unknown option for attn ", usage.command, " (try attn ", usage.command, " --help)");
     if (values_.count(name) != 0) detail::fail(name, ": given twice");
     std::string value;
     if (s->value.empty()) {

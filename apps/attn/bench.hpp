@@ -30,9 +30,9 @@ struct BenchCase {
   std::string name;   ///< the pattern: "causal", "window 256,0"
   std::string shape;  ///< Shape::str()
   DType dtype = DType::f32;
-  std::string pass;   ///< "fwd" or "bwd"
-  double flops = 0;   ///< useful FLOPs of one call (counters.hpp)
-  double bytes = 0;   ///< bytes of the call's own tensors (counters.hpp)
+  std::string pass;  ///< "fwd" or "bwd"
+  double flops = 0;  ///< useful FLOPs of one call (counters.hpp)
+  double bytes = 0;  ///< bytes of the call's own tensors (counters.hpp)
   RepeatPolicy repeat;
   /// Runs where the case is measured: allocates and fills the inputs, returns the call to time.
   std::function<std::function<void()>()> setup;

@@ -78,13 +78,13 @@ std::function<std::function<void()>()> setup_pass(const Shape& shape, const Patt
     // Kernels never allocate; neither does the timed call: its workspace is made here.
     if (!backward) {
       const Tensor ws({std::int64_t(attention_forward_workspace_size(fa, backend))}, DType::u8);
-      // Captures w and ws: the args only view their storage.
-      return std::function<void()>([=] { attention_forward(fa, {ws.data(), ws.nbytes()}, backend), (void)w; });
+      // The call holds w and ws: the args only view their storage.
+      return std::function<void()>([w, fa, ws, backend] { attention_forward(fa, {ws.data(), ws.nbytes()}, backend); });
     }
     attention_forward(fa, backend);
     const BackwardArgs ba = w.backward_args(params);
     const Tensor ws({std::int64_t(attention_backward_workspace_size(ba, backend))}, DType::u8);
-    return std::function<void()>([=] { attention_backward(ba, {ws.data(), ws.nbytes()}, backend), (void)w; });
+    return std::function<void()>([w, ba, ws, backend] { attention_backward(ba, {ws.data(), ws.nbytes()}, backend); });
   };
 }
 

@@ -2,9 +2,7 @@
 
 namespace attn::cli {
 
-std::string BenchCase::label() const {
-  return group + " " + name + " " + shape + " " + dtype_name(dtype) + " " + pass;
-}
+std::string BenchCase::label() const { return group + " " + name + " " + shape + " " + dtype_name(dtype) + " " + pass; }
 
 // One line per suite. A CUDA suite (events, in-process) goes here with Backend::cuda.
 std::vector<BenchSuite> bench_suites() {

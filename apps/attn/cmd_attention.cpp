@@ -87,7 +87,9 @@ Tensor like(const TensorView& t, DType dtype, Device device, std::int64_t last) 
   return Tensor(shape, dtype, device);
 }
 
-void write_f32(const std::string& path, const Tensor& t) { write_npy(path, convert(on_device(t, Device::cpu()), DType::f32)); }
+void write_f32(const std::string& path, const Tensor& t) {
+  write_npy(path, convert(on_device(t, Device::cpu()), DType::f32));
+}
 
 /// The mask options; the layout and global positions it views are loaded onto `device`.
 Mask read_mask(const Args& args, Device device, Tensor& layout, Tensor& globals) {
@@ -108,7 +110,8 @@ Mask read_mask(const Args& args, Device device, Tensor& layout, Tensor& globals)
     m.fixed_summary = f[1];
   }
   if (args.has("--block-sparse") != args.has("--block"))
-    args.fail(args.has("--block") ? "--block" : "--block-sparse", "--block-sparse LAYOUT.npy and --block BQ,BK go together");
+    args.fail(args.has("--block") ? "--block" : "--block-sparse",
+              "--block-sparse LAYOUT.npy and --block BQ,BK go together");
   if (args.has("--block-sparse")) {
     layout = on_device(load(args, "--block-sparse", {DType::u8}, "a uint8 or bool array"), device);
     const auto b = args.integers("--block", 2, 1);
@@ -157,7 +160,8 @@ int attention_command(const Argv& argv, std::ostream& out) {
   fa.params.mask = read_mask(args, device, layout, globals);
   fa.params.scale = float(args.number("--scale", 0.0, 0.0));
   fa.params.softcap = float(args.number("--softcap", 0.0, 0.0));
-  if (args.has("--scale") && fa.params.scale <= 0.0f) args.fail("--scale", "expected a number > 0, got '" + *args.get("--scale") + "'");
+  if (args.has("--scale") && fa.params.scale <= 0.0f)
+    args.fail("--scale", "expected a number > 0, got '" + *args.get("--scale") + "'");
 
   const Tensor q = on_device(load_tokens(args, "--q", packed, dtype), device);
   const Tensor k = on_device(load_tokens(args, "--k", packed, dtype), device);

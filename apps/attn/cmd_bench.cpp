@@ -100,12 +100,13 @@ void print_json(std::ostream& out, const BenchOptions& o, const Ceilings& c, con
   out << "{\n  \"backend\": " << json_string(backend_name(o.backend)) << ",\n  \"cpu\": " << json_string(cpu_model())
       << ",\n  \"logical_cores\": " << std::thread::hardware_concurrency() << ",\n  \"threads\": " << o.threads
       << ",\n  \"quick\": " << (o.quick ? "true" : "false") << ",\n  \"ceilings\": {\"sgemm_n\": " << c.sgemm_n
-      << ", \"sgemm_gflops\": " << (c.sgemm > 0 ? fixed(c.sgemm, 3) : "null") << ", \"fma_peak_gflops\": "
-      << fixed(c.fma, 3) << ", \"fma_isa\": " << json_string(fma_peak_isa()) << "},\n  \"rows\": [";
+      << ", \"sgemm_gflops\": " << (c.sgemm > 0 ? fixed(c.sgemm, 3) : "null")
+      << ", \"fma_peak_gflops\": " << fixed(c.fma, 3) << ", \"fma_isa\": " << json_string(fma_peak_isa())
+      << "},\n  \"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
-    out << (i ? "," : "") << "\n    {\"group\": " << json_string(r.c->group) << ", \"pattern\": "
-        << json_string(r.c->name) << ", \"shape\": " << json_string(r.c->shape)
+    out << (i ? "," : "") << "\n    {\"group\": " << json_string(r.c->group)
+        << ", \"pattern\": " << json_string(r.c->name) << ", \"shape\": " << json_string(r.c->shape)
         << ", \"dtype\": " << json_string(dtype_name(r.c->dtype)) << ", \"pass\": " << json_string(r.c->pass);
     if (!r.error.empty()) {
       out << ", \"error\": " << json_string(r.error) << "}";
@@ -146,7 +147,8 @@ int bench_command(const Argv& argv, std::ostream& out) {
   std::vector<BenchSuite> suites;
   for (BenchSuite& s : bench_suites())
     if (s.backend == o.backend) suites.push_back(std::move(s));
-  if (suites.empty()) args.fail("--backend", std::string("no bench suite for ") + backend_name(o.backend) + " is built yet");
+  if (suites.empty())
+    args.fail("--backend", std::string("no bench suite for ") + backend_name(o.backend) + " is built yet");
 
   const std::string filter = args.get("--filter").value_or("");
   std::vector<std::pair<const BenchSuite*, BenchCase>> cases;
@@ -197,13 +199,12 @@ int bench_command(const Argv& argv, std::ostream& out) {
     for (const Row& r : rows)
       if (r.c->group == "memory" && r.error.empty())
         out << "memory " << r.c->shape << " " << r.c->pass << ": peak " << fixed(r.m.peak_rss_mib, 1)
-            << " MiB, target under " << fixed(kMemoryTargetMiB, 0) << " MiB: "
-            << (r.m.peak_rss_mib < kMemoryTargetMiB ? "met" : "MISSED") << '\n';
+            << " MiB, target under " << fixed(kMemoryTargetMiB, 0)
+            << " MiB: " << (r.m.peak_rss_mib < kMemoryTargetMiB ? "met" : "MISSED") << '\n';
   }
   for (const Row& r : rows)
     if (!r.error.empty())
-      detail::fail("bench: ", failed, " of ", rows.size(), " rows failed; the first (", r.c->label(),
-                   "): ", r.error);
+      detail::fail("bench: ", failed, " of ", rows.size(), " rows failed; the first (", r.c->label(), "): ", r.error);
   return 0;
 }
 

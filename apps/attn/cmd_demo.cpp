@@ -51,25 +51,28 @@ std::vector<Mechanism> tour() {
   gqa.heads_kv = 2;
   return {
       mechanism("full", "every query sees every key (encoders: BERT, ViT)", mha, full_pattern()),
-      mechanism("causal", "query i sees keys j <= i: nothing from the future (GPT-style decoders)", mha, causal_pattern()),
-      mechanism("GQA", "8 query heads share 2 KV heads, a 4x smaller KV cache (Llama 3); causal", gqa, causal_pattern()),
+      mechanism("causal", "query i sees keys j <= i: nothing from the future (GPT-style decoders)", mha,
+                causal_pattern()),
+      mechanism("GQA", "8 query heads share 2 KV heads, a 4x smaller KV cache (Llama 3); causal", gqa,
+                causal_pattern()),
       mechanism("window", "each query sees itself and the 64 keys before it (Mistral, Gemma local layers)", mha,
-       window_pattern(64, 0)),
+                window_pattern(64, 0)),
       mechanism("dilated", "every 2nd key, 32 steps back: twice the reach for the same work (LongNet)", mha,
-       dilated_pattern(32, 1)),
-      mechanism("strided", "the last 16 keys plus every 16th key before them (Sparse Transformer)", mha, strided_pattern(16)),
+                dilated_pattern(32, 1)),
+      mechanism("strided", "the last 16 keys plus every 16th key before them (Sparse Transformer)", mha,
+                strided_pattern(16)),
       mechanism("fixed", "own block of 16 keys plus the last 2 keys of every earlier block (Sparse Transformer)", mha,
-       fixed_pattern(16, 2)),
+                fixed_pattern(16, 2)),
       mechanism("block-sparse", "a layout of 32x32 blocks: a band plus every 4th block column (BigBird-like)", mha,
-       block_sparse_pattern(mha, 32, 4)),
+                block_sparse_pattern(mha, 32, 4)),
       mechanism("global", "window of 32, plus tokens 0 and 100 that see and are seen by all (Longformer)", mha,
-       global_pattern(32, {0, 100})),
+                global_pattern(32, {0, 100})),
       mechanism("soft-cap", "scores pass through 2*tanh(s/2) so no logit runs away (Gemma 2, Grok); causal", mha,
-       causal_pattern(), 2.0f),
+                causal_pattern(), 2.0f),
       mechanism("varlen", "3 sequences of 100, 37 and 250 tokens packed with no padding (cu_seqlens); causal", mha,
-       causal_pattern(), 0.0f, {100, 37, 250}),
+                causal_pattern(), 0.0f, {100, 37, 250}),
       mechanism("backward", "gradients dq, dk, dv of causal attention (the training step); worst of the three", mha,
-       causal_pattern(), 0.0f, {}, true),
+                causal_pattern(), 0.0f, {}, true),
   };
 }
 
@@ -196,7 +199,9 @@ std::string format(const char* fmt, double x) {
   return buf;
 }
 
-std::string column(const std::string& s, std::size_t width) { return s.size() >= width ? s + " " : s + std::string(width - s.size(), ' '); }
+std::string column(const std::string& s, std::size_t width) {
+  return s.size() >= width ? s + " " : s + std::string(width - s.size(), ' ');
+}
 
 }  // namespace
 
@@ -214,8 +219,8 @@ int demo_command(const Argv& argv, std::ostream& out) {
     args.fail("--backend", "cuda is not available (this build has no CUDA backend, or no GPU is visible)");
   const DType dtype = parse_dtype(args.get("--dtype").value_or("f32"), "--dtype");
 
-  out << "attn demo: each mechanism on " << Shape::square(kS, kH, kD).str() << " " << dtype_name(dtype) << ", run by the "
-      << backend_name(backend) << " kernels and checked against the float64 reference.\n"
+  out << "attn demo: each mechanism on " << Shape::square(kS, kH, kD).str() << " " << dtype_name(dtype)
+      << ", run by the " << backend_name(backend) << " kernels and checked against the float64 reference.\n"
       << "  error: max |kernel - reference| over the output (gradients for backward)\n"
       << "  S matrix: memory that materialising the f32 scores (and dS for backward) would add\n"
       << "  used: what the kernel used: inputs, outputs and its workspace\n"

@@ -28,8 +28,11 @@ std::int64_t allowed_pairs(const Shape& s, const Mask& mask) {
       for (int j0 = lo; j0 < hi; j0 += kTile) {
         const int j1 = std::min(j0 + kTile, hi);
         switch (eval.classify(i0, i1, j0, j1)) {
-          case detail::TileKind::empty: break;
-          case detail::TileKind::full: pairs += std::int64_t(i1 - i0) * (j1 - j0); break;
+          case detail::TileKind::empty:
+            break;
+          case detail::TileKind::full:
+            pairs += std::int64_t(i1 - i0) * (j1 - j0);
+            break;
           case detail::TileKind::partial:
             for (int i = i0; i < i1; ++i)
               for (int j = j0; j < j1; ++j) pairs += eval.allows(i, j);

@@ -22,7 +22,8 @@ constexpr Command kCommands[] = {
 
 void print_help(std::ostream& os) {
   os << "attn: exact attention kernels (CPU and CUDA)\n\nusage: attn <command> [options]\n\ncommands:\n";
-  for (const Command& c : kCommands) os << "  " << c.name << std::string(12 - std::string_view(c.name).size(), ' ') << c.summary << '\n';
+  for (const Command& c : kCommands)
+    os << "  " << c.name << std::string(12 - std::string_view(c.name).size(), ' ') << c.summary << '\n';
   os << "\n`attn <command> --help` lists a command's options.\n";
 }
 
@@ -36,7 +37,8 @@ int main(int argc, char** argv) {
     return first.empty() ? 2 : 0;
   }
   for (const Command& c : kCommands) {
-    if (first == c.name) return attn::cli::run_command(c.fn, attn::cli::Argv(argv + 2, argv + argc), std::cout, std::cerr);
+    if (first == c.name)
+      return attn::cli::run_command(c.fn, attn::cli::Argv(argv + 2, argv + argc), std::cout, std::cerr);
   }
   std::cerr << "attn: unknown command '" << first << "' (try attn --help)\n";
   return 2;

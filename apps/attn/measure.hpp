@@ -18,7 +18,7 @@
 namespace attn::cli {
 
 struct RepeatPolicy {
-  int min_runs = 3;             ///< timed runs, after one untimed warm-up
+  int min_runs = 3;  ///< timed runs, after one untimed warm-up
   int max_runs = 10;
   double target_seconds = 1.0;  ///< stop repeating once the timed runs took this long
   bool single_run = false;      ///< one timed run, no warm-up (rows that take many seconds)

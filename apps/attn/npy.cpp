@@ -117,7 +117,8 @@ class HeaderParser {
 DType dtype_of(const std::string& descr, const std::string& path, bool& is_bool) {
   is_bool = false;
   if (descr.size() >= 2 && descr[0] == '>' && descr.substr(1) != "u1" && descr.substr(1) != "b1")
-    detail::fail(path, ": big-endian data ('", descr, "') is not supported; save it little-endian (astype('<", descr.substr(1), "'))");
+    detail::fail(path, ": big-endian data ('", descr, "') is not supported; save it little-endian (astype('<",
+                 descr.substr(1), "'))");
   // '|' (not applicable) and '=' (native, little-endian here) mean the same as '<' for us.
   const std::string t = descr.size() >= 2 && (descr[0] == '<' || descr[0] == '|' || descr[0] == '=' || descr[0] == '>')
                             ? descr.substr(1)
@@ -136,12 +137,18 @@ DType dtype_of(const std::string& descr, const std::string& path, bool& is_bool)
 
 const char* descr_of(DType t) {
   switch (t) {
-    case DType::f32: return "<f4";
-    case DType::f64: return "<f8";
-    case DType::f16: return "<f2";
-    case DType::i32: return "<i4";
-    case DType::u8: return "|u1";
-    case DType::bf16: break;  // NumPy has no bfloat16
+    case DType::f32:
+      return "<f4";
+    case DType::f64:
+      return "<f8";
+    case DType::f16:
+      return "<f2";
+    case DType::i32:
+      return "<i4";
+    case DType::u8:
+      return "|u1";
+    case DType::bf16:
+      break;  // NumPy has no bfloat16
   }
   return nullptr;
 }

@@ -38,7 +38,8 @@ Tensor random_tensor(std::initializer_list<std::int64_t> shape, DType dtype, Ran
     case DType::f64:
       for (std::int64_t i = 0; i < n; ++i) t.as<double>()[i] = rng.unit();
       break;
-    default: detail::fail("workload: cannot fill dtype ", dtype_name(dtype));
+    default:
+      detail::fail("workload: cannot fill dtype ", dtype_name(dtype));
   }
   return t;
 }
@@ -143,10 +144,12 @@ Tensor on_device(const Tensor& t, Device device) {
 }
 
 Workload Workload::on(Device device) const {
-  return {on_device(q, device),   on_device(k, device),   on_device(v, device),
-          on_device(out, device), on_device(lse, device), on_device(dout, device),
-          on_device(dq, device),  on_device(dk, device),  on_device(dv, device),
-          on_device(cu_seqlens_q, device), on_device(cu_seqlens_k, device)};
+  return {on_device(q, device),           on_device(k, device),
+          on_device(v, device),           on_device(out, device),
+          on_device(lse, device),         on_device(dout, device),
+          on_device(dq, device),          on_device(dk, device),
+          on_device(dv, device),          on_device(cu_seqlens_q, device),
+          on_device(cu_seqlens_k, device)};
 }
 
 Workload make_workload(const Shape& s, bool backward, std::uint64_t seed, DType out_dtype) {

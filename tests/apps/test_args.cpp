@@ -7,9 +7,10 @@
 namespace attn {
 namespace {
 
-const cli::Usage kUsage{"test", "a command for tests",
-                        {{"--n", "N", "a count"}, {"--pair", "A,B", "two integers"}, {"--x", "X", "a number"},
-                         {"--flag", "", "a flag"}}};
+const cli::Usage kUsage{
+    "test",
+    "a command for tests",
+    {{"--n", "N", "a count"}, {"--pair", "A,B", "two integers"}, {"--x", "X", "a number"}, {"--flag", "", "a flag"}}};
 
 std::string error_of(const std::vector<std::string>& argv, void (*use)(const cli::Args&) = nullptr) {
   try {

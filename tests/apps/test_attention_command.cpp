@@ -1,9 +1,9 @@
 // `attn attention` end to end, in-process: .npy files in, .npy files out, compared with a
 // direct call of the library on the same values; and every bad argument is exit code 2 with
 // one line that names it.
-#include <sstream>
-
 #include <gtest/gtest.h>
+
+#include <sstream>
 
 #include "apps/temp_dir.hpp"
 #include "attn/attention.hpp"
@@ -97,10 +97,34 @@ TEST(AttentionCommand, PackedWindowBackwardMatchesDirectReference) {
   const Tensor cu_q = test::i32({0, 10, 30}), cu_k = test::i32({0, 14, 34});
   for (const auto& [name, t] : {std::pair{"q", q}, {"k", k}, {"v", v}, {"do", dout}, {"cq", cu_q}, {"ck", cu_k}})
     write_npy(dir / (std::string(name) + ".npy"), t);
-  const Result r = run({"--q", dir / "q.npy", "--k", dir / "k.npy", "--v", dir / "v.npy", "--out", dir / "o.npy",
-                        "--lse", dir / "lse.npy", "--cu-seqlens-q", dir / "cq.npy", "--cu-seqlens-k", dir / "ck.npy",
-                        "--window", "5,2", "--softcap", "4", "--backend", "reference", "--dout", dir / "do.npy",
-                        "--dq", dir / "dq.npy", "--dk", dir / "dk.npy", "--dv", dir / "dv.npy"});
+  const Result r = run({"--q",
+                        dir / "q.npy",
+                        "--k",
+                        dir / "k.npy",
+                        "--v",
+                        dir / "v.npy",
+                        "--out",
+                        dir / "o.npy",
+                        "--lse",
+                        dir / "lse.npy",
+                        "--cu-seqlens-q",
+                        dir / "cq.npy",
+                        "--cu-seqlens-k",
+                        dir / "ck.npy",
+                        "--window",
+                        "5,2",
+                        "--softcap",
+                        "4",
+                        "--backend",
+                        "reference",
+                        "--dout",
+                        dir / "do.npy",
+                        "--dq",
+                        dir / "dq.npy",
+                        "--dk",
+                        dir / "dk.npy",
+                        "--dv",
+                        dir / "dv.npy"});
   ASSERT_EQ(r.code, 0) << r.err;
   AttentionParams p;
   p.mask = Mask::window(5, 2);
@@ -122,17 +146,17 @@ TEST(AttentionCommand, BlockSparseGlobalsAndBf16RoundingMatchDirectReference) {
   const Tensor globals = test::i32({3, 17});
   for (const auto& [name, t] : {std::pair{"q", q}, {"k", k}, {"v", v}, {"lay", layout}, {"g", globals}})
     write_npy(dir / (std::string(name) + ".npy"), t);
-  const Result r = run({"--q", dir / "q.npy", "--k", dir / "k.npy", "--v", dir / "v.npy", "--out", dir / "o.npy",
-                        "--block-sparse", dir / "lay.npy", "--block", "8,8", "--global", dir / "g.npy", "--dtype",
-                        "bf16", "--backend=reference"});
+  const Result r =
+      run({"--q", dir / "q.npy", "--k", dir / "k.npy", "--v", dir / "v.npy", "--out", dir / "o.npy", "--block-sparse",
+           dir / "lay.npy", "--block", "8,8", "--global", dir / "g.npy", "--dtype", "bf16", "--backend=reference"});
   ASSERT_EQ(r.code, 0) << r.err;
   AttentionParams p;
   p.mask.block_layout = layout;
   p.mask.block_q = p.mask.block_k = 8;
   p.mask.global_tokens = globals;
   // --dtype rounds the inputs; the reference then reads the rounded values.
-  const Direct d = direct(convert(q, DType::bf16), convert(k, DType::bf16), convert(v, DType::bf16), nullptr, p,
-                          Backend::reference);
+  const Direct d =
+      direct(convert(q, DType::bf16), convert(k, DType::bf16), convert(v, DType::bf16), nullptr, p, Backend::reference);
   expect_file_equals(dir / "o.npy", d.out, 0.0);
 }
 
@@ -141,7 +165,8 @@ TEST(AttentionCommand, CpuForwardMatchesReference) {
   test::TempDir dir;
   const Tensor q = test::randn({1, 64, 4, 32}, DType::f32), k = test::randn({1, 80, 2, 32}, DType::f32),
                v = test::randn({1, 80, 2, 32}, DType::f32);
-  for (const auto& [name, t] : {std::pair{"q", q}, {"k", k}, {"v", v}}) write_npy(dir / (std::string(name) + ".npy"), t);
+  for (const auto& [name, t] : {std::pair{"q", q}, {"k", k}, {"v", v}})
+    write_npy(dir / (std::string(name) + ".npy"), t);
   const Result r = run({"--q", dir / "q.npy", "--k", dir / "k.npy", "--v", dir / "v.npy", "--out", dir / "o.npy",
                         "--lse", dir / "lse.npy", "--window", "20,3", "--backend", "cpu"});
   if (r.code == 2 && r.err.find("not built yet") != std::string::npos) GTEST_SKIP() << r.err;

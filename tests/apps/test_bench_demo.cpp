@@ -151,10 +151,9 @@ TEST(BenchCommand, BadArgumentsNameThemselves) {
 
 TEST(Counters, AllowedPairsMatchTheReferencePredicate) {
   const cli::Shape s{2, 77, 130, 4, 2, 16, 8, DType::f32};
-  for (const cli::Pattern& p :
-       {cli::full_pattern(), cli::causal_pattern(), cli::window_pattern(9, 3), cli::dilated_pattern(5, 2),
-        cli::strided_pattern(7), cli::fixed_pattern(8, 3), cli::block_sparse_pattern(s, 16, 3),
-        cli::global_pattern(4, {2, 50, 129})}) {
+  for (const cli::Pattern& p : {cli::full_pattern(), cli::causal_pattern(), cli::window_pattern(9, 3),
+                                cli::dilated_pattern(5, 2), cli::strided_pattern(7), cli::fixed_pattern(8, 3),
+                                cli::block_sparse_pattern(s, 16, 3), cli::global_pattern(4, {2, 50, 129})}) {
     std::int64_t want = 0;
     for (int i = 0; i < s.seqlen_q; ++i)
       for (int j = 0; j < s.seqlen_k; ++j) want += reference::mask_allows(p.mask, i, j, s.seqlen_q, s.seqlen_k, 0);

@@ -1,9 +1,9 @@
 // .npy reading and writing: round trips of every supported type, files in the layouts NumPy
 // itself writes (versions 1, 2, 3; bool), and malformed files whose errors must name the file.
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "apps/temp_dir.hpp"
 #include "attn/npy.hpp"
@@ -89,7 +89,8 @@ TEST(Npy, ReadsVersionsTwoAndThreeAndBool) {
     ASSERT_EQ(t.view().shape_str(), "(2, 3)");
     for (int i = 0; i < 6; ++i) EXPECT_EQ(t.as<float>()[i], v[std::size_t(i)]);
   }
-  write_raw(dir / "b.npy", 1, "{\"descr\": \"|b1\", \"fortran_order\": False, \"shape\": (3L,)}", std::string("\x01\x00\x02", 3));
+  write_raw(dir / "b.npy", 1, "{\"descr\": \"|b1\", \"fortran_order\": False, \"shape\": (3L,)}",
+            std::string("\x01\x00\x02", 3));
   const Tensor b = read_npy(dir / "b.npy");
   ASSERT_EQ(b.dtype(), DType::u8);
   EXPECT_EQ(b.as<std::uint8_t>()[0], 1);
