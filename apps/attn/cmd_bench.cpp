@@ -24,6 +24,7 @@ const Usage kUsage{
         {"--quick", "", "small shapes that run in seconds (tests, CI)"},
         {"--filter", "SUBSTR", "only rows whose label contains SUBSTR, e.g. 'causal' or 'bwd'"},
         {"--json", "", "print JSON instead of a table"},
+        {"--list", "", "print the labels of the rows (after --filter) without running them"},
         {"--threads", "N", "threads for the kernels (ATTN_NUM_THREADS), SGEMM and FMA loop (default: all cores)"},
     }};
 
@@ -105,9 +106,10 @@ void print_json(std::ostream& out, const BenchOptions& o, const Ceilings& c, con
       << "},\n  \"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
-    out << (i ? "," : "") << "\n    {\"group\": " << json_string(r.c->group)
-        << ", \"pattern\": " << json_string(r.c->name) << ", \"shape\": " << json_string(r.c->shape)
-        << ", \"dtype\": " << json_string(dtype_name(r.c->dtype)) << ", \"pass\": " << json_string(r.c->pass);
+    out << (i ? "," : "") << "\n    {\"label\": " << json_string(r.c->label())
+        << ", \"group\": " << json_string(r.c->group) << ", \"pattern\": " << json_string(r.c->name)
+        << ", \"shape\": " << json_string(r.c->shape) << ", \"dtype\": " << json_string(dtype_name(r.c->dtype))
+        << ", \"pass\": " << json_string(r.c->pass);
     if (!r.error.empty()) {
       out << ", \"error\": " << json_string(r.error) << "}";
       continue;
@@ -156,6 +158,10 @@ int bench_command(const Argv& argv, std::ostream& out) {
     for (BenchCase& c : s.cases(o))
       if (c.label().find(filter) != std::string::npos) cases.emplace_back(&s, std::move(c));
   if (cases.empty()) args.fail("--filter", "no row matches '" + filter + "'");
+  if (args.has("--list")) {
+    for (const auto& entry : cases) out << entry.second.label() << '\n';
+    return 0;
+  }
 
   // Ceilings first, each in its own child like the rows, so the parent stays small and
   // unthreaded for the forks that follow.

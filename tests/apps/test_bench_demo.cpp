@@ -133,6 +133,14 @@ TEST(BenchCommand, QuickJsonParses) {
   check_bench_json(run(cli::bench_command, {"--quick", "--json", "--backend", "reference", "--filter", "S128"}), 6);
 }
 
+TEST(BenchCommand, ListsLabelsWithoutRunning) {
+  const Result r = run(cli::bench_command, {"--list", "--filter", "S16384"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "attention window 256,0 B1 S16384 H8 D128 f32 fwd\n"
+            "attention window 256,0 B1 S16384 H8 D128 f32 bwd\n");
+}
+
 TEST(BenchCommand, BadArgumentsNameThemselves) {
   for (const auto& [args, what] : std::vector<std::pair<cli::Argv, std::string>>{
            {{"--threads", "0"}, "--threads"},
