@@ -227,9 +227,21 @@ int demo_command(const Argv& argv, std::ostream& out) {
       << "  time: median of 5 calls after a warm-up (one call for the reference)\n\n"
       << column("mechanism", 13) << column("error", 9) << column("ok", 3) << column("time ms", 8)
       << column("S matrix", 10) << column("used", 10) << "what it is\n";
+  // A mechanism the backend cannot run yet is shown in its row and the tour goes on; the command
+  // then fails with that error. A wrong answer is exit code 1.
   int failures = 0;
+  std::string first_error;
   for (const Mechanism& m : tour()) {
-    const Outcome o = run(m, backend, dtype);
+    Outcome o;
+    try {
+      o = run(m, backend, dtype);
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      out << column(m.name, 13) << "failed: " << what << '\n';
+      if (first_error.empty())
+        first_error = std::string(m.name) + ": " + (what.rfind("attn: ", 0) == 0 ? what.substr(6) : what);
+      continue;
+    }
     const bool ok = o.error <= tolerance(dtype, m.backward) * o.scale;
     failures += !ok;
     out << column(m.name, 13) << column(format("%.1e", o.error), 9) << column(ok ? "ok" : "NO", 3)
@@ -242,6 +254,7 @@ int demo_command(const Argv& argv, std::ostream& out) {
       << format("%.0f MiB", io_bytes(big, false) / 1048576.0)
       << " for the tensors themselves;\n`attn bench` measures the kernels' peak memory on exactly that case. "
          "`attn attention --help` runs\nany of these mechanisms on your own .npy tensors.\n";
+  if (!first_error.empty()) detail::fail("demo: ", first_error);
   if (failures > 0) {
     out << failures << " mechanism(s) exceeded the tolerance of " << tolerance(dtype, false) << " (backward "
         << tolerance(dtype, true) << ") relative to the largest reference value\n";
