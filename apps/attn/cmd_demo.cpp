@@ -237,9 +237,9 @@ int demo_command(const Argv& argv, std::ostream& out) {
       o = run(m, backend, dtype);
     } catch (const Error& e) {
       const std::string what = e.what();
-      out << column(m.name, 13) << "failed: " << what << '\n';
-      if (first_error.empty())
-        first_error = std::string(m.name) + ": " + (what.rfind("attn: ", 0) == 0 ? what.substr(6) : what);
+      const std::string reason = what.rfind("attn: ", 0) == 0 ? what.substr(6) : what;  // prefixed once, at the end
+      out << column(m.name, 13) << "failed: " << reason << '\n';
+      if (first_error.empty()) first_error = std::string(m.name) + ": " + reason;
       continue;
     }
     const bool ok = o.error <= tolerance(dtype, m.backward) * o.scale;
