@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -27,6 +28,10 @@ struct Wire {
 };
 static_assert(sizeof(Wire) < 4096);
 
+// A row that runs this long is stuck (a deadlock, say), not slow: the child is stopped so the
+// other rows still run. The largest preset row takes well under a minute.
+constexpr unsigned kChildSeconds = 900;
+
 double maxrss_mib() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
@@ -44,6 +49,7 @@ Wire run_child(const std::function<void(Wire&)>& fn) {
   ATTN_CHECK(pid >= 0, "bench: fork failed: ", std::strerror(errno));
   if (pid == 0) {
     close(fds[0]);
+    alarm(kChildSeconds);
     Wire w;
     w.start_rss_mib = maxrss_mib();
     try {
@@ -69,6 +75,8 @@ Wire run_child(const std::function<void(Wire&)>& fn) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+    detail::fail("bench: the row ran longer than ", kChildSeconds, " s and was stopped");
   if (WIFSIGNALED(status)) detail::fail("bench: the measuring child died from signal ", WTERMSIG(status));
   ATTN_CHECK(got == sizeof(w), "bench: the measuring child exited without a result");
   if (!w.ok) throw Error(w.message);

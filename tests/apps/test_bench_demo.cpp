@@ -1,5 +1,6 @@
 // `attn bench` and `attn demo` in-process, the FLOP counter they share, and the `attn` program
 // itself (dispatch, help, exit codes) through the built binary.
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "apps/temp_dir.hpp"
 #include "attn/commands.hpp"
 #include "attn/counters.hpp"
+#include "attn/measure.hpp"
 #include "reference/reference.hpp"
 
 namespace attn {
@@ -154,6 +156,25 @@ TEST(BenchCommand, BadArgumentsNameThemselves) {
     EXPECT_EQ(r.code, 2) << what;
     EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
     EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
+  }
+}
+
+TEST(Measure, ChildResultsErrorsAndCrashesComeBack) {
+  const cli::Measurement m = cli::measure_in_child([] { return std::function<void()>([] {}); }, {3, 4, 0.0, false});
+  EXPECT_EQ(m.runs, 3);
+  EXPECT_GE(m.median_ms, m.min_ms);
+  EXPECT_GE(m.peak_rss_mib, m.base_rss_mib);
+  try {
+    cli::measure_in_child([]() -> std::function<void()> { throw Error("attn: setup: no"); }, {});
+    ADD_FAILURE() << "the child's error was lost";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "attn: setup: no");
+  }
+  try {
+    cli::measure_in_child([] { return std::function<void()>([] { std::raise(SIGTERM); }); }, {});
+    ADD_FAILURE() << "the child's death was lost";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("signal " + std::to_string(SIGTERM)), std::string::npos) << e.what();
   }
 }
 
