@@ -2,7 +2,7 @@
 //
 // Inputs are float .npy files (float32 expected; float16/float64 accepted), rounded to --dtype
 // before the kernel runs. Outputs are float32 .npy files, written only after every call
-// succeeded, so a failure never leaves a half-written set of results.
+// succeeded, so a rejected argument or a failed call leaves no result files behind.
 #include <chrono>
 #include <cstring>
 #include <ostream>
