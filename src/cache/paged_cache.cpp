@@ -50,7 +50,7 @@ void PagedKVCache::write(int l, SeqId seq, std::int64_t first, const TensorView&
   ATTN_CHECK(first >= 0 && first + n <= t.num_tokens(), "first: positions [", first, ", ", first + n,
              ") are not reserved in sequence ", seq, " of ", t.num_tokens(), " tokens (append first)");
   const std::int32_t ps = config_.page_size;
-  for (std::int64_t i = first / ps; i * ps < first + n; ++i) {
+  for (std::int64_t i = first / ps; n > 0 && i <= (first + n - 1) / ps; ++i) {
     const std::int32_t p = t.pages[std::size_t(i)];
     ATTN_CHECK(p != BlockTable::kReleased, "first: page ", i, " of sequence ", seq, " was released by its window");
     // Shared pages are immutable: a full page may be cached or forked, and append already
