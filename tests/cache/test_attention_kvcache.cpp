@@ -497,5 +497,43 @@ TEST(AttentionKVCache, PagedCacheDecodeBatchWithSharedPrefixAndFork) {
   }
 }
 
+/// A sliding-window layer gives back pages behind its window; attention with the window mask
+/// over the table that now points released entries at page 0 is unchanged.
+TEST(AttentionKVCache, WindowReleasedPagesDoNotChangeWindowedAttention) {
+  const int Hq = 2, Hk = 1, D = 8, ps = 4, W = 5;
+  PagedCacheConfig cfg;
+  cfg.num_pages = 8;
+  cfg.page_size = ps;
+  cfg.heads_kv = Hk;
+  cfg.head_dim = D;
+  PagedKVCache cache(cfg);
+  const auto filler = cache.add_sequence(std::vector<std::int32_t>(ps, 1)).seq;  // page 0 holds another sequence
+  cache.write(0, filler, 0, randn({ps, Hk, D}, DType::f32), randn({ps, Hk, D}, DType::f32));
+  const std::int64_t L = 19;
+  const auto s = cache.add_sequence(std::vector<std::int32_t>(std::size_t(L), 2)).seq;
+  cache.write(0, s, 0, randn({L, Hk, D}, DType::f32), randn({L, Hk, D}, DType::f32));
+  const std::vector<BlockManager::SeqId> seqs = {s};
+  Tensor q = randn({1, 1, Hq, D}, DType::f32), before({1, 1, Hq, D}, DType::f32), after({1, 1, Hq, D}, DType::f32);
+  auto attend = [&](const Tensor& out) {
+    Tensor table = cache.block_table(seqs), lens = cache.seqlens(seqs);
+    KVCacheArgs a;
+    a.q = q;
+    a.k_cache = cache.layer(0).k();
+    a.v_cache = cache.layer(0).v();
+    a.block_table = table;
+    a.cache_seqlens = lens;
+    a.out = out;
+    a.params.mask = Mask::window(W, 0);
+    attention_with_kvcache(a, Backend::reference);
+  };
+  attend(before);
+  const std::int32_t used = cache.manager().stats().pages_used;
+  cache.release_before(s, L - 1 - W);  // the query at position L - 1 reads keys >= L - 1 - W
+  EXPECT_EQ(cache.manager().stats().pages_used, used - 3);
+  EXPECT_EQ(cache.manager().table(s).pages[0], BlockTable::kReleased);
+  attend(after);
+  for (int e = 0; e < Hq * D; ++e) EXPECT_EQ(after.as<float>()[e], before.as<float>()[e]);
+}
+
 }  // namespace
 }  // namespace attn
