@@ -28,6 +28,9 @@ class KVCache {
   void append(const TensorView& k, const TensorView& v);
   /// Appends k (n, Hk, D), v (n, Hk, Dv) to sequence b.
   void append(int b, const TensorView& k, const TensorView& v);
+  /// Counts n more tokens in every sequence, after attention_with_kvcache wrote them as
+  /// k_new / v_new (it never advances cache_seqlens itself).
+  void advance(std::int32_t n);
   /// Forgets sequence b's tokens (its slots are reused).
   void reset(int b);
 

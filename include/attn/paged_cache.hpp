@@ -11,7 +11,11 @@
 //
 // The BlockManager decides which pages a sequence uses; PagedKVCache applies its decisions
 // to the storage (copy-on-write copies in every layer) and hands attention_with_kvcache the
-// table and lengths of a batch.
+// table and lengths of a batch. A decode step of an engine reads:
+//   Tensor lens = cache.seqlens(seqs);                // tokens already stored
+//   for (s : seqs) cache.append(s, {next_token[s]});  // reserve a slot (copy-on-write here)
+//   Tensor table = cache.block_table(seqs);           // after append: includes new pages
+//   per layer: attention_with_kvcache({q, layer.k(), layer.v(), table, lens, k_new, v_new, out})
 #pragma once
 
 #include <cstdint>

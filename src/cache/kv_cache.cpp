@@ -66,6 +66,14 @@ void KVCache::append(int b, const TensorView& k, const TensorView& v) {
   seqlens_.as<std::int32_t>()[b] = len + std::int32_t(n);
 }
 
+void KVCache::advance(std::int32_t n) {
+  ATTN_CHECK(n >= 0, "n: expected >= 0, got ", n);
+  for (int b = 0; b < k_.size(0); ++b)
+    ATTN_CHECK(length(b) + std::int64_t(n) <= max_seqlen(), "n: sequence ", b, " holds ", length(b), " tokens; ", n,
+               " more exceed max_seqlen ", max_seqlen());
+  for (int b = 0; b < k_.size(0); ++b) seqlens_.as<std::int32_t>()[b] += n;
+}
+
 void KVCache::reset(int b) {
   length(b);  // bounds check
   seqlens_.as<std::int32_t>()[b] = 0;
