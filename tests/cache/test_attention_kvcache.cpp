@@ -161,12 +161,12 @@ struct Scenario {
   }
 };
 
-void run_case(const Shape& shape, const AttentionParams& params, Backend backend, double tol) {
+void run_case(const Shape& shape, const AttentionParams& params, Backend backend, double tol, DType dtype = DType::f32) {
   for (bool paged : {false, true}) {
     SCOPED_TRACE(testing::Message() << (paged ? "paged" : "contiguous") << " B " << shape.B << " Sq " << shape.Sq
                                     << " Snew " << shape.Snew << " page " << shape.page_size);
-    Scenario sc(shape, DType::f32);
-    Tensor out({shape.B, shape.Sq, shape.Hq, shape.Dv}, DType::f32), lse({shape.B, shape.Hq, shape.Sq}, DType::f32);
+    Scenario sc(shape, dtype);
+    Tensor out({shape.B, shape.Sq, shape.Hq, shape.Dv}, dtype), lse({shape.B, shape.Hq, shape.Sq}, DType::f32);
     test::poison(out);
     test::poison(lse);
     Tensor want_out, want_lse;
@@ -222,6 +222,24 @@ TEST(AttentionKVCache, CpuMatchesPackedOracleOnPagedAndContiguousCaches) {
       run_case(s, p, Backend::cpu, 2e-5);
       if (IsSkipped()) return;
     }
+}
+
+// f16 / bf16 caches: the output is rounded to the storage type (|out| < 8 for these normal
+// values, so bf16's half ulp is <= 2^-6 and f16's <= 2^-9); the kernel may round P once
+// more before P.V, hence twice that for it.
+TEST(AttentionKVCache, ReferenceLowPrecisionCaches) {
+  for (const Shape& s : shapes()) {
+    run_case(s, param_sets()[1], Backend::reference, 1.0 / 64, DType::bf16);
+    run_case(s, param_sets()[3], Backend::reference, 1.0 / 512, DType::f16);
+  }
+}
+
+TEST(AttentionKVCache, CpuLowPrecisionCaches) {
+  for (const Shape& s : shapes()) {
+    run_case(s, param_sets()[1], Backend::cpu, 2.0 / 64, DType::bf16);
+    if (IsSkipped()) return;
+    run_case(s, param_sets()[3], Backend::cpu, 2.0 / 512, DType::f16);
+  }
 }
 
 /// Processes a prompt of n tokens through a paged cache in the given chunk sizes (causal),

@@ -177,7 +177,10 @@ TEST(BlockManager, RandomOperationsMatchShadowModel) {
           if (rng() % 3 != 0) prompt = prefixes[rng() % prefixes.size()];
           const auto tail = rand_tokens(std::int64_t(rng() % (2 * ps + 3)));
           prompt.insert(prompt.end(), tail.begin(), tail.end());
+          const std::int64_t need = cache.manager().pages_needed_to_add(prompt);
+          const std::int32_t avail = cache.manager().allocator().available();
           const auto added = cache.add_sequence(prompt);
+          ASSERT_EQ(cache.manager().allocator().available(), avail - need) << "pages_needed_to_add was wrong";
           ASSERT_EQ(added.cached_tokens % ps, 0);
           ASSERT_TRUE(added.cached_tokens == 0 || added.cached_tokens < std::int64_t(prompt.size()));
           hits += added.cached_tokens > 0;
@@ -188,7 +191,10 @@ TEST(BlockManager, RandomOperationsMatchShadowModel) {
           const auto toks = rand_tokens(rng() % 2 ? 1 : std::int64_t(rng() % (2 * ps + 2)));
           const std::int64_t old = cache.length(s);
           const bool shared_tail = old % ps != 0 && cache.manager().allocator().ref_count(cache.manager().table(s).pages.back()) > 1;
+          const std::int64_t need = cache.manager().pages_needed_to_append(s, std::int64_t(toks.size()));
+          const std::int32_t avail = cache.manager().allocator().available();
           cache.append(s, toks);
+          ASSERT_EQ(cache.manager().allocator().available(), avail - need) << "pages_needed_to_append was wrong";
           cows += shared_tail && !toks.empty();
           auto& sh = shadow[s].tokens;
           sh.insert(sh.end(), toks.begin(), toks.end());
