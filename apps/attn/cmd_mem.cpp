@@ -24,13 +24,14 @@ constexpr const char* kUsage =
     "                 [--kv-lora-rank R --rope-dim P]] [--tokens N] [--dtype f32|f16|bf16|fp8]\n"
     "       attn mem --simulate [--preset NAME ...] [--dtype T] [--memory-gib G | --memory-tokens N]\n"
     "                 [--requests N] [--rate R] [--prompt MIN:MAX] [--output MIN:MAX]\n"
-    "                 [--max-seqlen S] [--page-size P] [--seed S]\n"
+    "                 [--max-seqlen S] [--page-size P] [--seed S] [--shared-prefix N [--prefixes K]]\n"
     "\n"
     "KV-cache bytes = 2 * layers * tokens * kv_heads * head_dim * bytes (MLA: layers * tokens *\n"
     "(kv_lora_rank + rope_dim) * bytes). Without a model, every preset is listed.\n"
     "Presets: llama3-8b (GQA), llama2-7b (MHA), falcon-7b (MQA), deepseek-v3 (MLA).\n"
     "--simulate replays a seeded request trace against max-length (contiguous) reservation and\n"
-    "the paged block manager and reports how much reserved memory holds tokens.\n";
+    "the paged block manager and reports how much reserved memory holds tokens. --shared-prefix\n"
+    "starts every prompt with one of K system prompts of N tokens, which the paged side caches.\n";
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -140,6 +141,10 @@ int run(int argc, char** argv) {
       sim.max_seqlen = int(parse_int(opt, val, 1));
     } else if (opt == "--page-size") {
       sim.page_size = int(parse_int(opt, val, 1));
+    } else if (opt == "--shared-prefix") {
+      sim.shared_prefix = int(parse_int(opt, val, 0));
+    } else if (opt == "--prefixes") {
+      sim.num_prefixes = int(parse_int(opt, val, 1));
     } else if (opt == "--seed") {
       sim.seed = std::uint64_t(parse_int(opt, val, 0));
     } else {
@@ -176,6 +181,8 @@ int run(int argc, char** argv) {
   std::printf("trace: %d requests, %.2f per step, prompt %d:%d, output %d:%d, seed %llu\n", sim.num_requests,
               sim.arrival_rate, sim.prompt_min, sim.prompt_max, sim.output_min, sim.output_max,
               static_cast<unsigned long long>(sim.seed));
+  if (sim.shared_prefix > 0)
+    std::printf("every prompt starts with one of %d system prompts of %d tokens\n", sim.num_prefixes, sim.shared_prefix);
   std::printf("\n%-22s %10s %10s %9s %8s %8s %10s\n", "reservation", "holds tok", "wasted", "mean seqs", "max seqs",
               "steps", "preempted");
   char contiguous[64], paged[64];
@@ -188,6 +195,9 @@ int run(int argc, char** argv) {
               "Paged fits %.1fx the sequences in the same memory and finishes in %.0f%% of the steps.\n",
               rep.paged.mean_running / rep.contiguous.mean_running,
               100.0 * double(rep.paged.steps) / double(rep.contiguous.steps));
+  if (sim.shared_prefix > 0)
+    std::printf("Prefix caching served %.1f%% of the paged side's prompt tokens from cached pages.\n",
+                100.0 * double(rep.paged.prefix_hit_tokens) / double(rep.paged.prompt_tokens));
   return 0;
 }
 

@@ -21,13 +21,20 @@ std::vector<Request> make_trace(const SimConfig& c) {
   std::exponential_distribution<double> gap(c.arrival_rate);
   std::uniform_int_distribution<int> plen(c.prompt_min, c.prompt_max), olen(c.output_min, c.output_max);
   std::uniform_int_distribution<std::int32_t> token(0, 31999);
+  std::vector<std::vector<std::int32_t>> systems(std::size_t(c.shared_prefix > 0 ? c.num_prefixes : 0));
+  for (auto& sys : systems) {
+    sys.resize(std::size_t(c.shared_prefix));
+    for (std::int32_t& x : sys) x = token(rng);
+  }
   std::vector<Request> trace(std::size_t(c.num_requests));
   double t = 0;
   for (Request& r : trace) {
     t += gap(rng);
     r.arrival = std::int64_t(t);
-    r.prompt.resize(std::size_t(plen(rng)));
-    for (std::int32_t& x : r.prompt) x = token(rng);
+    if (!systems.empty()) r.prompt = systems[rng() % systems.size()];
+    const std::size_t head = r.prompt.size();
+    r.prompt.resize(head + std::size_t(plen(rng)));
+    for (std::size_t i = head; i < r.prompt.size(); ++i) r.prompt[i] = token(rng);
     r.output = olen(rng);
   }
   return trace;
@@ -45,23 +52,27 @@ struct Running {
 class Reservation {
  public:
   virtual ~Reservation() = default;
-  /// Admits (reserving memory) or returns false.
-  virtual bool admit(Running& r, std::span<const std::int32_t> tokens, std::size_t running) = 0;
+  /// Admits (reserving memory) or returns false; counts prefix-cache hits into `hit_tokens`.
+  virtual bool admit(Running& r, std::span<const std::int32_t> tokens, std::size_t running,
+                     std::int64_t& hit_tokens) = 0;
   /// One more token; false when there is no room (the caller preempts and retries).
   virtual bool grow(Running& r, std::int32_t token) = 0;
   virtual void release(Running& r) = 0;
   virtual std::int64_t reserved_slots(std::size_t running) const = 0;
+  /// Slots holding a token (shared ones once); `tokens` is the sum of sequence lengths.
+  virtual std::int64_t filled_slots(std::int64_t tokens) const = 0;
 };
 
 class ContiguousReservation final : public Reservation {
  public:
   explicit ContiguousReservation(const SimConfig& c) : max_seqlen_(c.max_seqlen), capacity_(c.memory_tokens / c.max_seqlen) {}
-  bool admit(Running&, std::span<const std::int32_t>, std::size_t running) override {
+  bool admit(Running&, std::span<const std::int32_t>, std::size_t running, std::int64_t&) override {
     return std::int64_t(running) < capacity_;
   }
   bool grow(Running&, std::int32_t) override { return true; }  // max_seqlen was reserved up front
   void release(Running&) override {}
   std::int64_t reserved_slots(std::size_t running) const override { return std::int64_t(running) * max_seqlen_; }
+  std::int64_t filled_slots(std::int64_t tokens) const override { return tokens; }  // nothing is shared
 
  private:
   std::int64_t max_seqlen_, capacity_;
@@ -70,12 +81,14 @@ class ContiguousReservation final : public Reservation {
 class PagedReservation final : public Reservation {
  public:
   explicit PagedReservation(const SimConfig& c)
-      : manager_({std::int32_t(c.memory_tokens / c.page_size), c.page_size, false}) {}
-  bool admit(Running& r, std::span<const std::int32_t> tokens, std::size_t running) override {
+      : manager_({std::int32_t(c.memory_tokens / c.page_size), c.page_size, c.shared_prefix > 0}) {}
+  bool admit(Running& r, std::span<const std::int32_t> tokens, std::size_t running, std::int64_t& hit_tokens) override {
     // Keep a page of headroom per running sequence so admissions do not force preemptions
     // on the very next decode step (vLLM keeps a similar watermark).
     if (manager_.pages_needed_to_add(tokens) + std::int64_t(running) > manager_.allocator().available()) return false;
-    r.seq = manager_.add_sequence(tokens).seq;
+    const BlockManager::Added added = manager_.add_sequence(tokens);
+    r.seq = added.seq;
+    hit_tokens += added.cached_tokens;
     return true;
   }
   bool grow(Running& r, std::int32_t token) override {
@@ -88,8 +101,12 @@ class PagedReservation final : public Reservation {
   }
   void release(Running& r) override { manager_.free(r.seq); }
   std::int64_t reserved_slots(std::size_t) const override {
-    const BlockAllocator& a = manager_.allocator();  // pages in use; nothing is shared in this trace
+    const BlockAllocator& a = manager_.allocator();
     return std::int64_t(a.num_pages() - a.available()) * manager_.page_size();
+  }
+  std::int64_t filled_slots(std::int64_t tokens) const override {
+    // Without prefix caching no page is shared, and the sum of lengths is exact (and cheap).
+    return manager_.config().prefix_caching ? manager_.stats().slots_filled : tokens;
   }
 
  private:
@@ -102,7 +119,7 @@ SimResult run(const SimConfig& c, const std::vector<Request>& trace, Reservation
   std::vector<std::vector<std::int32_t>> produced(trace.size());  // generated tokens, kept across preemption
   std::vector<Running> running;
   std::size_t next_arrival = 0, finished = 0;
-  double tokens_sum = 0, reserved_sum = 0, running_sum = 0;
+  double filled_sum = 0, reserved_sum = 0, running_sum = 0;
   std::mt19937_64 rng(c.seed ^ 0x5eedull);
   std::uniform_int_distribution<std::int32_t> token(0, 31999);
   for (std::int64_t step = 0; finished < trace.size(); ++step) {
@@ -113,7 +130,8 @@ SimResult run(const SimConfig& c, const std::vector<Request>& trace, Reservation
       std::vector<std::int32_t> tokens = trace[i].prompt;
       tokens.insert(tokens.end(), produced[i].begin(), produced[i].end());
       Running r{i, int(produced[i].size()), -1, std::int64_t(tokens.size())};
-      if (!policy.admit(r, tokens, running.size())) break;
+      if (!policy.admit(r, tokens, running.size(), res.prefix_hit_tokens)) break;
+      res.prompt_tokens += std::int64_t(tokens.size());
       running.push_back(r);
       waiting.pop_front();
     }
@@ -137,7 +155,7 @@ SimResult run(const SimConfig& c, const std::vector<Request>& trace, Reservation
     }
     std::int64_t tokens = 0;
     for (const Running& r : running) tokens += r.length;
-    tokens_sum += double(tokens);
+    filled_sum += double(policy.filled_slots(tokens));
     reserved_sum += double(policy.reserved_slots(running.size()));
     running_sum += double(running.size());
     res.max_running = std::max<std::int64_t>(res.max_running, std::int64_t(running.size()));
@@ -153,8 +171,8 @@ SimResult run(const SimConfig& c, const std::vector<Request>& trace, Reservation
     }
     res.steps = step + 1;
   }
-  res.reserved_used_fraction = reserved_sum > 0 ? tokens_sum / reserved_sum : 1.0;
-  res.budget_used_fraction = tokens_sum / (double(res.steps) * double(c.memory_tokens));
+  res.reserved_used_fraction = reserved_sum > 0 ? filled_sum / reserved_sum : 1.0;
+  res.budget_used_fraction = filled_sum / (double(res.steps) * double(c.memory_tokens));
   res.mean_running = running_sum / double(res.steps);
   return res;
 }
@@ -168,8 +186,11 @@ void SimConfig::validate() const {
              prompt_max);
   ATTN_CHECK(output_min >= 1 && output_min <= output_max, "output: expected 1 <= min <= max, got ", output_min, ":",
              output_max);
-  ATTN_CHECK(max_seqlen >= prompt_max + output_max, "max-seqlen: expected >= prompt max + output max = ",
-             prompt_max + output_max, ", got ", max_seqlen);
+  ATTN_CHECK(shared_prefix >= 0, "shared-prefix: expected >= 0, got ", shared_prefix);
+  ATTN_CHECK(num_prefixes >= 1, "prefixes: expected >= 1, got ", num_prefixes);
+  ATTN_CHECK(max_seqlen >= shared_prefix + prompt_max + output_max,
+             "max-seqlen: expected >= shared prefix + prompt max + output max = ", shared_prefix + prompt_max + output_max,
+             ", got ", max_seqlen);
   ATTN_CHECK(page_size >= 1, "page-size: expected >= 1, got ", page_size);
   ATTN_CHECK(memory_tokens >= max_seqlen, "memory: expected room for at least one max_seqlen sequence (",
              max_seqlen, " tokens), got ", memory_tokens, " tokens");

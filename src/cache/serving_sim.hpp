@@ -5,6 +5,8 @@
 // token for every running one. Requests arrive as a Poisson process with uniform prompt and
 // output lengths (seeded, so runs repeat). When a decode step runs out of pages, the most
 // recently admitted sequence is preempted and later recomputed (vLLM's policy).
+// With shared_prefix > 0 every prompt starts with one of num_prefixes system prompts, and the
+// paged side reuses their cached pages (prefix caching) where contiguous copies them.
 #pragma once
 
 #include <cstdint>
@@ -20,13 +22,16 @@ struct SimConfig {
   int max_seqlen = 4096;              ///< contiguous reservation per sequence (the context limit)
   std::int64_t memory_tokens = 1 << 17;  ///< KV budget, in token slots (all layers of a token = 1 slot)
   int page_size = 16;
+  int shared_prefix = 0;  ///< tokens of system prompt before every prompt (0 = none)
+  int num_prefixes = 4;   ///< distinct system prompts
 
   /// Throws attn::Error naming the first bad field.
   void validate() const;
 };
 
 struct SimResult {
-  /// Sum over steps of tokens stored / sum over steps of slots reserved (1 = no waste).
+  /// Sum over steps of slots holding a token / sum over steps of slots reserved (1 = no waste).
+  /// A page shared by several sequences counts once.
   double reserved_used_fraction = 0;
   /// Sum over steps of tokens stored / (steps * memory_tokens): how full the whole budget was.
   double budget_used_fraction = 0;
@@ -35,6 +40,8 @@ struct SimResult {
   std::int64_t steps = 0;  ///< until every request finished
   std::int64_t preemptions = 0;
   std::int64_t tokens_generated = 0;
+  std::int64_t prompt_tokens = 0;      ///< prompt tokens admitted (again after a preemption)
+  std::int64_t prefix_hit_tokens = 0;  ///< of those, found in the prefix cache (not recomputed)
 };
 
 struct SimReport {

@@ -89,6 +89,22 @@ TEST(ServingSim, SmallerPagesWasteLess) {
   EXPECT_GT(simulate(c).paged.reserved_used_fraction, big);
 }
 
+TEST(ServingSim, SharedSystemPromptsHitThePrefixCache) {
+  SimConfig c = small_trace();
+  const SimReport plain = simulate(c);
+  EXPECT_EQ(plain.paged.prefix_hit_tokens, 0);
+  c.shared_prefix = 256;
+  c.num_prefixes = 2;
+  c.max_seqlen = 256 + 512 + 256;
+  const SimReport shared = simulate(c);
+  // Most of each 256-token system prompt (whole pages) comes from the cache...
+  EXPECT_GT(shared.paged.prefix_hit_tokens, std::int64_t(c.num_requests) * 200);
+  EXPECT_EQ(shared.contiguous.prefix_hit_tokens, 0);
+  // ...and one physical copy serves many sequences, so shared pages hold many sequences' tokens.
+  EXPECT_GT(shared.paged.reserved_used_fraction, 0.96);
+  EXPECT_GT(shared.paged.mean_running, 2.0 * shared.contiguous.mean_running);
+}
+
 TEST(ServingSim, RejectsBadConfigNamingTheField) {
   SimConfig c = small_trace();
   c.max_seqlen = 100;  // shorter than the longest request
