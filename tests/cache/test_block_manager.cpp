@@ -281,7 +281,9 @@ TEST(BlockManager, FreedCachedPagesRevivedOrEvictedLeastRecentlyUsedFirst) {
   EXPECT_EQ(m.table(sbig.seq).pages[2], page_a);
   EXPECT_EQ(m.table(sbig.seq).pages[3], page_b);
   EXPECT_EQ(m.stats().pages_cached, 0);
+  EXPECT_EQ(m.prefix_cache().size(), 3u);  // big's three full pages; a's and b's entries are gone
   m.free(sbig.seq);
+  EXPECT_FALSE(m.contains(sbig.seq));
   EXPECT_EQ(m.add_sequence(a).cached_tokens, 0);  // evicted from the hash map when reused
 }
 
