@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
-#include <utility>
 #include <vector>
 
 #include "cache/views.hpp"
@@ -138,16 +136,22 @@ Resolved resolve(const KVCacheArgs& a, Backend backend) {
   }
   if (r.paged && r.snew > 0) {
     // Two sequences writing one slot means a shared page escaped copy-on-write: refuse
-    // rather than let one sequence overwrite another's tokens.
-    std::map<std::pair<std::int32_t, std::int64_t>, std::int64_t> writer;
+    // rather than let one sequence overwrite another's tokens. Sorting the written slots
+    // keeps this O(n log n) for long chunked prefills.
     const std::int64_t ps = a.k_cache.shape[1];
+    struct Write {
+      std::int64_t slot;  // page * page_size + offset
+      std::int64_t seq;
+    };
+    std::vector<Write> writes;
+    writes.reserve(std::size_t(B * r.snew));
     for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t pos = r.cache_len[std::size_t(b)]; pos < r.len[std::size_t(b)]; ++pos) {
-        const auto key = std::make_pair(r.table[std::size_t(b * r.table_width + pos / ps)], pos % ps);
-        const auto [it, fresh] = writer.emplace(key, b);
-        ATTN_CHECK(fresh, "block_table: sequences ", it->second, " and ", b, " would both write slot ", key.second,
-                   " of page ", key.first);
-      }
+      for (std::int64_t pos = r.cache_len[std::size_t(b)]; pos < r.len[std::size_t(b)]; ++pos)
+        writes.push_back({r.table[std::size_t(b * r.table_width + pos / ps)] * ps + pos % ps, b});
+    std::sort(writes.begin(), writes.end(), [](const Write& x, const Write& y) { return x.slot < y.slot; });
+    for (std::size_t i = 1; i < writes.size(); ++i)
+      ATTN_CHECK(writes[i].slot != writes[i - 1].slot, "block_table: sequences ", writes[i - 1].seq, " and ",
+                 writes[i].seq, " would both write slot ", writes[i].slot % ps, " of page ", writes[i].slot / ps);
   }
   p.seqlen_k = int(max_len);
 
