@@ -5,11 +5,14 @@
 // file only parses options and prints.
 #include "cmd_mem.hpp"
 
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "attn/error.hpp"
 #include "cache/memory_model.hpp"
@@ -32,6 +35,16 @@ constexpr const char* kUsage =
     "--simulate replays a seeded request trace against max-length (contiguous) reservation and\n"
     "the paged block manager and reports how much reserved memory holds tokens. --shared-prefix\n"
     "starts every prompt with one of K system prompts of N tokens, which the paged side caches.\n";
+
+/// printf-style formatting onto a stream (the tables are column-aligned with printf widths).
+[[gnu::format(printf, 2, 3)]] void print(std::ostream& out, const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  out << buf;
+}
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -67,26 +80,26 @@ void parse_range(std::string_view opt, const char* text, int& lo, int& hi) {
   hi = int(parse_int(opt, colon + 1, 1));
 }
 
-void print_model(const ModelShape& m, std::int64_t tokens, int bytes, const char* dtype) {
+void print_model(std::ostream& out, const ModelShape& m, std::int64_t tokens, int bytes, const char* dtype) {
   const std::int64_t per_token = attn::cache::kv_bytes_per_token(m, bytes);
-  std::printf("%-12s %-3s  layers %3d  ", m.name.c_str(), m.kind(), m.layers);
+  print(out, "%-12s %-3s  layers %3d  ", m.name.c_str(), m.kind(), m.layers);
   if (m.is_mla()) {
-    std::printf("latent %4d + rope %3d      ", m.kv_lora_rank, m.rope_dim);
+    print(out, "latent %4d + rope %3d      ", m.kv_lora_rank, m.rope_dim);
   } else {
-    std::printf("heads %3d kv %3d dim %4d  ", m.heads, m.kv_heads, m.head_dim);
+    print(out, "heads %3d kv %3d dim %4d  ", m.heads, m.kv_heads, m.head_dim);
   }
-  std::printf("%6lld values/token/layer  %s/token  %s for %lld tokens (%s)\n",
+  print(out, "%6lld values/token/layer  %s/token  %s for %lld tokens (%s)\n",
               static_cast<long long>(m.values_per_token_per_layer()), human_bytes(double(per_token)).c_str(),
               human_bytes(double(per_token) * double(tokens)).c_str(), static_cast<long long>(tokens), dtype);
 }
 
-void print_sim_row(const char* name, const attn::cache::SimResult& r) {
-  std::printf("%-22s %9.2f%% %9.2f%% %9.1f %8lld %8lld %10lld\n", name, 100.0 * r.reserved_used_fraction,
+void print_sim_row(std::ostream& out, const char* name, const attn::cache::SimResult& r) {
+  print(out, "%-22s %9.2f%% %9.2f%% %9.1f %8lld %8lld %10lld\n", name, 100.0 * r.reserved_used_fraction,
               100.0 * (1.0 - r.reserved_used_fraction), r.mean_running, static_cast<long long>(r.max_running),
               static_cast<long long>(r.steps), static_cast<long long>(r.preemptions));
 }
 
-int run(int argc, char** argv) {
+int run(const std::vector<std::string>& args, std::ostream& out) {
   ModelShape custom{"custom", 0, 0, 0, 0, 0, 0};
   const ModelShape* model = nullptr;
   bool have_custom = false, simulate = false;
@@ -95,10 +108,11 @@ int run(int argc, char** argv) {
   double memory_gib = 0;
   attn::cache::SimConfig sim;
   bool memory_tokens_set = false;
-  for (int i = 0; i < argc; ++i) {
-    const std::string_view opt = argv[i];
+  const std::size_t argc = args.size();
+  for (std::size_t i = 0; i < argc; ++i) {
+    const std::string_view opt = args[i];
     if (opt == "-h" || opt == "--help") {
-      std::fputs(kUsage, stdout);
+      out << kUsage;
       return 0;
     }
     if (opt == "--simulate") {
@@ -106,7 +120,7 @@ int run(int argc, char** argv) {
       continue;
     }
     ATTN_CHECK(i + 1 < argc, opt, ": expected a value (see attn mem --help)");
-    const char* val = argv[++i];
+    const char* val = args[++i].c_str();
     if (opt == "--preset") {
       model = &attn::cache::find_preset(val);
     } else if (opt == "--layers") {
@@ -162,9 +176,9 @@ int run(int argc, char** argv) {
 
   if (!simulate) {
     if (model != nullptr) {
-      print_model(*model, tokens, bytes, dtype.c_str());
+      print_model(out, *model, tokens, bytes, dtype.c_str());
     } else {
-      for (const ModelShape& m : attn::cache::presets()) print_model(m, tokens, bytes, dtype.c_str());
+      for (const ModelShape& m : attn::cache::presets()) print_model(out, m, tokens, bytes, dtype.c_str());
     }
     return 0;
   }
@@ -174,40 +188,44 @@ int run(int argc, char** argv) {
   if (!memory_tokens_set)
     sim.memory_tokens = std::int64_t((memory_gib > 0 ? memory_gib : 16.0) * 1073741824.0 / double(per_token));
   const attn::cache::SimReport rep = attn::cache::simulate(sim);
-  std::printf("model %s (%s), %s per token in %s; KV budget %s = %lld token slots\n", model->name.c_str(),
+  print(out, "model %s (%s), %s per token in %s; KV budget %s = %lld token slots\n", model->name.c_str(),
               model->kind(), human_bytes(double(per_token)).c_str(), dtype.c_str(),
               human_bytes(double(sim.memory_tokens) * double(per_token)).c_str(),
               static_cast<long long>(sim.memory_tokens));
-  std::printf("trace: %d requests, %.2f per step, prompt %d:%d, output %d:%d, seed %llu\n", sim.num_requests,
+  print(out, "trace: %d requests, %.2f per step, prompt %d:%d, output %d:%d, seed %llu\n", sim.num_requests,
               sim.arrival_rate, sim.prompt_min, sim.prompt_max, sim.output_min, sim.output_max,
               static_cast<unsigned long long>(sim.seed));
   if (sim.shared_prefix > 0)
-    std::printf("every prompt starts with one of %d system prompts of %d tokens\n", sim.num_prefixes, sim.shared_prefix);
-  std::printf("\n%-22s %10s %10s %9s %8s %8s %10s\n", "reservation", "holds tok", "wasted", "mean seqs", "max seqs",
+    print(out, "every prompt starts with one of %d system prompts of %d tokens\n", sim.num_prefixes, sim.shared_prefix);
+  print(out, "\n%-22s %10s %10s %9s %8s %8s %10s\n", "reservation", "holds tok", "wasted", "mean seqs", "max seqs",
               "steps", "preempted");
   char contiguous[64], paged[64];
   std::snprintf(contiguous, sizeof contiguous, "contiguous (max %d)", sim.max_seqlen);
   std::snprintf(paged, sizeof paged, "paged (page %d)", sim.page_size);
-  print_sim_row(contiguous, rep.contiguous);
-  print_sim_row(paged, rep.paged);
-  std::printf("\nwasted = reserved KV memory that holds no token (time-averaged). Paged waste is the\n"
+  print_sim_row(out, contiguous, rep.contiguous);
+  print_sim_row(out, paged, rep.paged);
+  print(out, "\nwasted = reserved KV memory that holds no token (time-averaged). Paged waste is the\n"
               "partly filled last page of each sequence; contiguous waste is max_seqlen minus length.\n"
               "Paged fits %.1fx the sequences in the same memory and finishes in %.0f%% of the steps.\n",
               rep.paged.mean_running / rep.contiguous.mean_running,
               100.0 * double(rep.paged.steps) / double(rep.contiguous.steps));
   if (sim.shared_prefix > 0)
-    std::printf("Prefix caching served %.1f%% of the paged side's prompt tokens from cached pages.\n",
+    print(out, "Prefix caching served %.1f%% of the paged side's prompt tokens from cached pages.\n",
                 100.0 * double(rep.paged.prefix_hit_tokens) / double(rep.paged.prompt_tokens));
   return 0;
 }
 
 }  // namespace
 
+namespace attn::cli {
+int mem_command(const std::vector<std::string>& args, std::ostream& out) { return run(args, out); }
+}  // namespace attn::cli
+
 int cmd_mem(int argc, char** argv) {
   try {
-    return run(argc, argv);
+    return run(std::vector<std::string>(argv, argv + argc), std::cout);
   } catch (const attn::Error& e) {
-    std::fprintf(stderr, "%s\n", e.what());
+    std::cerr << e.what() << '\n';
     return 2;
   }
 }
