@@ -119,48 +119,59 @@ int run(const std::vector<std::string>& args, std::ostream& out) {
       simulate = true;
       continue;
     }
-    ATTN_CHECK(i + 1 < argc, opt, ": expected a value (see attn mem --help)");
-    const char* val = args[++i].c_str();
+    // Options take one value; asked for inside each branch, so a misspelt option is reported
+    // as unknown rather than as missing its value.
+    auto val = [&]() -> const char* {
+      ATTN_CHECK(i + 1 < argc, opt, ": expected a value (see attn mem --help)");
+      return args[++i].c_str();
+    };
     if (opt == "--preset") {
-      model = &attn::cache::find_preset(val);
+      model = &attn::cache::find_preset(val());
     } else if (opt == "--layers") {
-      custom.layers = int(parse_int(opt, val, 1)), have_custom = true;
+      custom.layers = int(parse_int(opt, val(), 1));
+      have_custom = true;
     } else if (opt == "--heads") {
-      custom.heads = int(parse_int(opt, val, 1)), have_custom = true;
+      custom.heads = int(parse_int(opt, val(), 1));
+      have_custom = true;
     } else if (opt == "--kv-heads") {
-      custom.kv_heads = int(parse_int(opt, val, 1)), have_custom = true;
+      custom.kv_heads = int(parse_int(opt, val(), 1));
+      have_custom = true;
     } else if (opt == "--head-dim") {
-      custom.head_dim = int(parse_int(opt, val, 1)), have_custom = true;
+      custom.head_dim = int(parse_int(opt, val(), 1));
+      have_custom = true;
     } else if (opt == "--kv-lora-rank") {
-      custom.kv_lora_rank = int(parse_int(opt, val, 1)), have_custom = true;
+      custom.kv_lora_rank = int(parse_int(opt, val(), 1));
+      have_custom = true;
     } else if (opt == "--rope-dim") {
-      custom.rope_dim = int(parse_int(opt, val, 0)), have_custom = true;
+      custom.rope_dim = int(parse_int(opt, val(), 0));
+      have_custom = true;
     } else if (opt == "--tokens") {
-      tokens = parse_int(opt, val, 1);
+      tokens = parse_int(opt, val(), 1);
     } else if (opt == "--dtype") {
-      dtype = val;
+      dtype = val();
     } else if (opt == "--memory-gib") {
-      memory_gib = parse_double(opt, val);
+      memory_gib = parse_double(opt, val());
     } else if (opt == "--memory-tokens") {
-      sim.memory_tokens = parse_int(opt, val, 1), memory_tokens_set = true;
+      sim.memory_tokens = parse_int(opt, val(), 1);
+      memory_tokens_set = true;
     } else if (opt == "--requests") {
-      sim.num_requests = int(parse_int(opt, val, 1));
+      sim.num_requests = int(parse_int(opt, val(), 1));
     } else if (opt == "--rate") {
-      sim.arrival_rate = parse_double(opt, val);
+      sim.arrival_rate = parse_double(opt, val());
     } else if (opt == "--prompt") {
-      parse_range(opt, val, sim.prompt_min, sim.prompt_max);
+      parse_range(opt, val(), sim.prompt_min, sim.prompt_max);
     } else if (opt == "--output") {
-      parse_range(opt, val, sim.output_min, sim.output_max);
+      parse_range(opt, val(), sim.output_min, sim.output_max);
     } else if (opt == "--max-seqlen") {
-      sim.max_seqlen = int(parse_int(opt, val, 1));
+      sim.max_seqlen = int(parse_int(opt, val(), 1));
     } else if (opt == "--page-size") {
-      sim.page_size = int(parse_int(opt, val, 1));
+      sim.page_size = int(parse_int(opt, val(), 1));
     } else if (opt == "--shared-prefix") {
-      sim.shared_prefix = int(parse_int(opt, val, 0));
+      sim.shared_prefix = int(parse_int(opt, val(), 0));
     } else if (opt == "--prefixes") {
-      sim.num_prefixes = int(parse_int(opt, val, 1));
+      sim.num_prefixes = int(parse_int(opt, val(), 1));
     } else if (opt == "--seed") {
-      sim.seed = std::uint64_t(parse_int(opt, val, 0));
+      sim.seed = std::uint64_t(parse_int(opt, val(), 0));
     } else {
       attn::detail::fail(opt, ": unknown option (see attn mem --help)");
     }
