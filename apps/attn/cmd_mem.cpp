@@ -3,7 +3,7 @@
 //
 // The arithmetic lives in src/cache/memory_model.* and serving_sim.* (tested there); this
 // file only parses options and prints.
-#include "cmd_mem.hpp"
+#include "commands.hpp"
 
 #include <cstdarg>
 #include <cstdio>
@@ -229,14 +229,5 @@ int run(const std::vector<std::string>& args, std::ostream& out) {
 }  // namespace
 
 namespace attn::cli {
-int mem_command(const std::vector<std::string>& args, std::ostream& out) { return run(args, out); }
+int mem_command(const Argv& args, std::ostream& out) { return run(args, out); }
 }  // namespace attn::cli
-
-int cmd_mem(int argc, char** argv) {
-  try {
-    return run(std::vector<std::string>(argv, argv + argc), std::cout);
-  } catch (const attn::Error& e) {
-    std::cerr << e.what() << '\n';
-    return 2;
-  }
-}

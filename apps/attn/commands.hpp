@@ -22,6 +22,10 @@ int bench_command(const Argv& args, std::ostream& out);
 /// `attn demo`: a tour of every mechanism against the reference.
 int demo_command(const Argv& args, std::ostream& out);
 
+/// `attn mem`: KV-cache bytes of a model (MHA, GQA, MQA, MLA presets) and a serving simulation
+/// of contiguous against paged reservation.
+int mem_command(const Argv& args, std::ostream& out);
+
 /// Runs `fn`; an attn::Error becomes its message on `err` and exit code 2, and any other
 /// exception a one-line message and exit code 1, so no failure aborts or prints a trace.
 int run_command(CommandFn fn, const Argv& args, std::ostream& out, std::ostream& err);

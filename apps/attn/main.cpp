@@ -18,6 +18,7 @@ constexpr Command kCommands[] = {
     {"attention", "run attention on .npy files (forward, and backward with --dout)", attn::cli::attention_command},
     {"bench", "time the kernels on preset shapes beside SGEMM and FMA ceilings", attn::cli::bench_command},
     {"demo", "a tour of every mechanism: error against the reference, time, memory", attn::cli::demo_command},
+    {"mem", "KV-cache memory of a model, and a paged-vs-contiguous serving simulation", attn::cli::mem_command},
 };
 
 void print_help(std::ostream& os) {
