@@ -134,6 +134,22 @@ struct FlashForward {
     }
   }
 
+  /// Asks for K / V rows [j0, j1) ahead of use. Rows sit heads * dim apart (often a page or
+  /// more), so the hardware prefetcher does not follow them and each would otherwise stall
+  /// the next tile's load on a cache and TLB miss.
+  void prefetch_kv_tile(const ForwardUnit& u, int j0, int j1) const {
+    constexpr int kLine = 64;
+    const int k_bytes = p.head_dim * int(sizeof(T)), v_bytes = p.head_dim_v * int(sizeof(T));
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    for (int j = j0; j < j1; ++j) {
+      const char* krow = reinterpret_cast<const char*>(k + p.k_layout.offset(u.b, j, u.hkv));
+      const char* vrow = reinterpret_cast<const char*>(v + p.v_layout.offset(u.b, j, u.hkv));
+      for (int e = 0; e < k_bytes; e += kLine) __builtin_prefetch(krow + e);
+      for (int e = 0; e < v_bytes; e += kLine) __builtin_prefetch(vrow + e);
+    }
+  }
+
   /// s = cap * log2(e) * tanh(s / cap) on the first `keys` rows of the score tile.
   void soft_cap(float* s, int keys) const {
     const V inv_cap = V::set1(1.0f / p.softcap), cap = V::set1(p.softcap * kLog2e);
@@ -194,6 +210,10 @@ struct FlashForward {
       if (kind == detail::TileKind::empty) continue;
       const int keys = j1 - j0;
       load_kv_tile(u, j0, j1);
+      if (t + 1 < tile_end) {
+        const int next_end = first + (t + 2) * Bc < hi ? first + (t + 2) * Bc : hi;
+        prefetch_kv_tile(u, first + (t + 1) * Bc, next_end);
+      }
       gemm<V, false>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
       if (p.softcap > 0.0f) soft_cap(u.s, keys);
       if (kind == detail::TileKind::partial) mask_group_tile(gm, u.i0, u.i1, j0, j1, u.s, rp);
