@@ -122,31 +122,25 @@ struct FlashForward {
 
   /// K rows [j0, j1) into k (Bc x d), V rows into v (Bc x dv_pad, zero padding columns).
   /// Reads through the TokenLayout, so padded, packed and paged caches look the same.
-  void load_kv_tile(const ForwardUnit& u, int j0, int j1) const {
+  /// Rows sit heads * dim apart (a page or more for big models), so hardware prefetchers do
+  /// not follow them: each row loaded also asks for the row one tile ahead (below
+  /// `prefetch_end`), so the next tile's misses overlap this tile's arithmetic.
+  void load_kv_tile(const ForwardUnit& u, int j0, int j1, int prefetch_end) const {
+    constexpr int kLine = 64, Bc = ForwardPlan::kKeyBlock;
     const int d = p.head_dim, dv = p.head_dim_v, dvp = plan.dv_pad;
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
     for (int j = j0; j < j1; ++j) {
+      if (j + Bc < prefetch_end) {
+        const char* krow = reinterpret_cast<const char*>(k + p.k_layout.offset(u.b, j + Bc, u.hkv));
+        const char* vrow = reinterpret_cast<const char*>(v + p.v_layout.offset(u.b, j + Bc, u.hkv));
+        for (int e = 0; e < d * int(sizeof(T)); e += kLine) __builtin_prefetch(krow + e);
+        for (int e = 0; e < dv * int(sizeof(T)); e += kLine) __builtin_prefetch(vrow + e);
+      }
       load_row<V>(k + p.k_layout.offset(u.b, j, u.hkv), u.k + std::ptrdiff_t(j - j0) * d, d, 1.0f);
       float* vrow = u.v + std::ptrdiff_t(j - j0) * dvp;
       load_row<V>(v + p.v_layout.offset(u.b, j, u.hkv), vrow, dv, 1.0f);
       for (int e = dv; e < dvp; ++e) vrow[e] = 0.0f;
-    }
-  }
-
-  /// Asks for K / V rows [j0, j1) ahead of use. Rows sit heads * dim apart (often a page or
-  /// more), so the hardware prefetcher does not follow them and each would otherwise stall
-  /// the next tile's load on a cache and TLB miss.
-  void prefetch_kv_tile(const ForwardUnit& u, int j0, int j1) const {
-    constexpr int kLine = 64;
-    const int k_bytes = p.head_dim * int(sizeof(T)), v_bytes = p.head_dim_v * int(sizeof(T));
-    const T* k = static_cast<const T*>(p.k);
-    const T* v = static_cast<const T*>(p.v);
-    for (int j = j0; j < j1; ++j) {
-      const char* krow = reinterpret_cast<const char*>(k + p.k_layout.offset(u.b, j, u.hkv));
-      const char* vrow = reinterpret_cast<const char*>(v + p.v_layout.offset(u.b, j, u.hkv));
-      for (int e = 0; e < k_bytes; e += kLine) __builtin_prefetch(krow + e);
-      for (int e = 0; e < v_bytes; e += kLine) __builtin_prefetch(vrow + e);
     }
   }
 
@@ -209,11 +203,8 @@ struct FlashForward {
       const detail::TileKind kind = classify_group_tile(gm, u.i0, u.i1, j0, j1);
       if (kind == detail::TileKind::empty) continue;
       const int keys = j1 - j0;
-      load_kv_tile(u, j0, j1);
-      if (t + 1 < tile_end) {
-        const int next_end = first + (t + 2) * Bc < hi ? first + (t + 2) * Bc : hi;
-        prefetch_kv_tile(u, first + (t + 1) * Bc, next_end);
-      }
+      const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
+      load_kv_tile(u, j0, j1, range_end);
       gemm<V, false>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
       if (p.softcap > 0.0f) soft_cap(u.s, keys);
       if (kind == detail::TileKind::partial) mask_group_tile(gm, u.i0, u.i1, j0, j1, u.s, rp);
