@@ -20,15 +20,15 @@ const Kernels& kernels_for(Isa isa) {
 
 // Sized for the widest gemm panel so the answer holds whichever ISA runs the call.
 std::size_t forward_workspace_size(const detail::AttentionProblem& p) {
-  return plan_forward(p, num_threads(), ForwardPlan::kMaxPanel).workspace_bytes;
+  return plan_forward(p, num_threads(), ForwardPlan::kMaxPanel, ForwardPlan::kMaxPanel / 2).workspace_bytes;
 }
 
 void forward(const detail::AttentionProblem& p, Workspace ws) {
   const Kernels& k = kernels_for(active_isa());
   // The pool may have grown since the workspace was sized: use only the threads it covers.
   int threads = num_threads();
-  ForwardPlan plan = plan_forward(p, threads, k.gemm_panel);
-  while (plan.workspace_bytes > ws.bytes && threads > 1) plan = plan_forward(p, --threads, k.gemm_panel);
+  ForwardPlan plan = plan_forward(p, threads, k.gemm_panel, k.vector_width);
+  while (plan.workspace_bytes > ws.bytes && threads > 1) plan = plan_forward(p, --threads, k.gemm_panel, k.vector_width);
   ATTN_CHECK(plan.workspace_bytes <= ws.bytes, "workspace: the cpu forward needs ", plan.workspace_bytes,
              " bytes, got ", ws.bytes);
   if (plan.num_units == 0) return;

@@ -205,7 +205,10 @@ struct FlashForward {
       const int keys = j1 - j0;
       const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
       load_kv_tile(u, j0, j1, range_end);
-      gemm<V, false>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
+      if (rp % kPanel<V> == 0)
+        gemm<V, false>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
+      else
+        gemm<V, false, false, 1>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
       if (p.softcap > 0.0f) soft_cap(u.s, keys);
       if (kind == detail::TileKind::partial) mask_group_tile(gm, u.i0, u.i1, j0, j1, u.s, rp);
       online_softmax(u, keys);

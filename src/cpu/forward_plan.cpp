@@ -10,7 +10,7 @@ constexpr std::size_t kAlignFloats = 16;  // 64 bytes
 
 }  // namespace
 
-ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int panel) {
+ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int panel, int width) {
   ForwardPlan plan;
   const int G = p.group_size();
   plan.group = G;
@@ -18,7 +18,9 @@ ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int pan
   // ~64 rows keep the score tile and both gemms in L1/L2; decode shapes (seqlen_q 1) get G rows.
   plan.block_positions = std::max(1, std::min(ForwardPlan::kTileRows / G, std::max(1, p.seqlen_q)));
   plan.rows = plan.block_positions * G;
-  plan.rows_pad = int(round_up(std::size_t(plan.rows), std::size_t(panel)));
+  // Decode tiles (a few rows) pad to one vector and use the one-vector gemm panel: padding
+  // rows cost as much as real ones in s = K q.
+  plan.rows_pad = int(round_up(std::size_t(plan.rows), std::size_t(plan.rows <= width ? width : panel)));
   plan.dv_pad = int(round_up(std::size_t(p.head_dim_v), std::size_t(panel)));
   plan.num_query_blocks = (p.seqlen_q + plan.block_positions - 1) / plan.block_positions;
 

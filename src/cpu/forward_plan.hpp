@@ -36,7 +36,7 @@ struct ForwardPlan {
   int group = 1;            ///< G = heads_q / heads_kv
   int block_positions = 1;  ///< query positions per tile (Mq)
   int rows = 1;             ///< block_positions * group
-  int rows_pad = 0;         ///< rows rounded up to the ISA's gemm panel
+  int rows_pad = 0;         ///< rows rounded up to the gemm panel, or to one vector when that is enough
   int dv_pad = 0;           ///< head_dim_v rounded up to the ISA's gemm panel
   int num_query_blocks = 0; ///< per (sequence, kv head), from the longest sequence
   int splits = 1;           ///< key chunks per (sequence, kv head, query block)
@@ -51,7 +51,8 @@ struct ForwardPlan {
   std::size_t workspace_bytes = 0;
 };
 
-/// The plan for `threads` threads and a gemm panel of `panel` floats (Kernels::gemm_panel).
-ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int panel);
+/// The plan for `threads` threads, a gemm panel of `panel` floats (Kernels::gemm_panel) and
+/// vectors of `width` floats (Kernels::vector_width).
+ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int panel, int width);
 
 }  // namespace attn::cpu

@@ -20,6 +20,8 @@ struct Kernels {
   void (*gemm)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                bool accumulate, bool transpose_a);
   int gemm_panel;
+  /// Floats per SIMD vector (the one-vector panel, for narrow products).
+  int vector_width;
   /// y[i] = 2^x[i] with the ISA's Vec::exp2 (tests measure its accuracy).
   void (*exp2)(const float* x, float* y, std::int64_t n);
   /// The tiled forward (flash_forward.hpp) on a plan from plan_forward; `workspace` holds
