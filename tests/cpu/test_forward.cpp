@@ -57,6 +57,16 @@ void expect_close(const TensorView& got, const TensorView& want, double tol, dou
   }
 }
 
+/// Puts the ISA and the thread count back when a test that loops over them ends.
+struct RestoreCpuSettings {
+  cpu::Isa isa = cpu::active_isa();
+  int threads = cpu::num_threads();
+  ~RestoreCpuSettings() {
+    cpu::set_isa(isa);
+    cpu::set_num_threads(threads);
+  }
+};
+
 struct Inputs {
   Tensor q, k, v, cu_q, cu_k;
   std::int64_t tokens_q = 0;
@@ -106,8 +116,7 @@ void run_case(const Case& c) {
   ForwardArgs args = ref;
   args.out = out;
   args.lse = c.with_lse ? lse.view() : TensorView{};
-  const cpu::Isa isa_before = cpu::active_isa();
-  const int threads_before = cpu::num_threads();
+  RestoreCpuSettings restore;
   for (cpu::Isa isa : cpu::supported_isas())
     for (int threads : {1, 2}) {
       cpu::set_isa(isa);
@@ -127,8 +136,6 @@ void run_case(const Case& c) {
         expect_close(lse, ref_lse, c.tol * (1 + biggest), 0.0, "lse " + where);
       }
     }
-  cpu::set_isa(isa_before);
-  cpu::set_num_threads(threads_before);
 }
 
 TEST(CpuForward, NoMaskF32) { run_case({}); }
@@ -346,6 +353,7 @@ TEST(CpuForward, PrefillSplitsWhenOneSequenceIsLong) {
 TEST(CpuForward, PagedCacheMatchesContiguous) {
   const int B = 3, Hq = 4, Hkv = 2, D = 32, page = 16, max_pages = 6, num_pages = 20, Sq = 3;
   const std::vector<int> lengths = {70, 1, 96};
+  RestoreCpuSettings restore;
   for (DType dt : {DType::f32, DType::f16}) {
     Tensor k_pool = randn({num_pages, page, Hkv, D}, dt), v_pool = randn({num_pages, page, Hkv, D}, dt);
     std::vector<std::int32_t> ids(num_pages);
@@ -405,6 +413,38 @@ TEST(CpuForward, PagedCacheMatchesContiguous) {
         expect_close(got_o, o1, 1e-5, unit_roundoff(dt), "out " + where);
         expect_close(got_l, l1, 1e-4, 0.0, "lse " + where);
       }
+    }
+  }
+}
+
+// q, k, v as views into one fused (B, S, 3, H, D) projection output, out with padded heads.
+TEST(CpuForward, StridedViews) {
+  const int B = 2, S = 75, H = 4, D = 32;
+  RestoreCpuSettings restore;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor qkv = randn({B, S, 3, H, D}, dt);
+    auto part = [&](int which) {
+      TensorView t = TensorView::contiguous(static_cast<char*>(qkv.data()) + which * H * D * dtype_size(dt), dt,
+                                            {B, S, H, D});
+      t.stride = {S * 3 * H * D, 3 * H * D, D, 1};
+      return t;
+    };
+    Tensor out_storage({B, S, H, D + 8}, dt);
+    TensorView out = TensorView::contiguous(out_storage.data(), dt, {B, S, H, D});
+    out.stride = {S * H * (D + 8), H * (D + 8), D + 8, 1};
+    Tensor lse({B, H, S}, DType::f32), ref_out({B, S, H, D}, DType::f64), ref_lse({B, H, S}, DType::f64);
+    ForwardArgs ref{part(0), part(1), part(2), ref_out, ref_lse, {}, {}, {}};
+    ref.params.mask = Mask::causal_mask();
+    attention_forward(ref, Backend::reference);
+    ForwardArgs args = ref;
+    args.out = out;
+    args.lse = lse;
+    for (cpu::Isa isa : cpu::supported_isas()) {
+      cpu::set_isa(isa);
+      test::poison(out);
+      attention_forward(args, Backend::cpu);
+      expect_close(out, ref_out, 1e-5, unit_roundoff(dt), std::string("out ") + cpu::isa_name(isa));
+      expect_close(lse, ref_lse, 1e-5, 0.0, std::string("lse ") + cpu::isa_name(isa));
     }
   }
 }
