@@ -1,11 +1,12 @@
 // A small timing harness for the CPU forward (the full `attn bench` lives in apps/).
 //
 //   cpu_forward_timing [--b B] [--h H] [--hkv HKV] [--sq SQ] [--s SK] [--d D] [--causal]
-//                      [--window LEFT] [--dtype f32|f16|bf16] [--reps N] [--sgemm N]
+//                      [--window LEFT] [--dtype f32|f16|bf16] [--reps N] [--sgemm N] [--huge-pages]
 //
 // Prints best and median seconds over N runs, GFLOP/s (4 * Sq * Sk_visited * D per head:
 // S = QK^T and O = PV, each 2 flops per multiply-add; masked-out work is not counted), peak RSS,
 // and with --sgemm N an OpenBLAS N^3 SGEMM on the same threads as a ceiling.
+#include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -28,6 +29,14 @@ namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Asks for transparent huge pages on a tensor's memory (with --huge-pages): K / V rows are
+// heads * dim apart, so with 4 KiB pages every row of a tile can cost a TLB miss.
+void advise_huge_pages(const attn::Tensor& t) {
+  const std::uintptr_t page = 4096, begin = (reinterpret_cast<std::uintptr_t>(t.data()) + page - 1) / page * page;
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(t.data()) + t.nbytes();
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 void fill_random(attn::Tensor& t) {
@@ -59,7 +68,7 @@ Stats time_runs(int reps, F&& run) {
 
 int main(int argc, char** argv) {
   int B = 1, H = 8, Hkv = 0, Sq = 0, Sk = 4096, D = 128, window = -1, reps = 5, sgemm = 0;
-  bool causal = false;
+  bool causal = false, huge_pages = false;
   std::string dtype = "f32";
   for (int i = 1; i < argc; ++i) {
     auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "missing value\n"), std::exit(2), ""); };
@@ -71,6 +80,7 @@ int main(int argc, char** argv) {
     else if (a == "--s") Sk = std::atoi(next());
     else if (a == "--d") D = std::atoi(next());
     else if (a == "--causal") causal = true;
+    else if (a == "--huge-pages") huge_pages = true;
     else if (a == "--window") window = std::atoi(next());
     else if (a == "--dtype") dtype = next();
     else if (a == "--reps") reps = std::atoi(next());
@@ -85,6 +95,8 @@ int main(int argc, char** argv) {
   const attn::DType dt = attn::parse_dtype(dtype);
   attn::Tensor q({B, Sq, H, D}, dt), k({B, Sk, Hkv, D}, dt), v({B, Sk, Hkv, D}, dt), out({B, Sq, H, D}, dt);
   attn::Tensor lse({B, H, Sq}, attn::DType::f32);
+  if (huge_pages)
+    for (const attn::Tensor* t : {&q, &k, &v, &out}) advise_huge_pages(*t);
   fill_random(q);
   fill_random(k);
   fill_random(v);
@@ -107,6 +119,13 @@ int main(int argc, char** argv) {
     visited += double(std::max(0L, hi - lo + 1));
   }
   const double flops = 4.0 * B * H * D * visited;
+  if (huge_pages) {
+    std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    while (f != nullptr && std::fgets(line, sizeof line, f) != nullptr)
+      if (std::strncmp(line, "AnonHugePages", 13) == 0) std::printf("%s", line);
+    if (f != nullptr) std::fclose(f);
+  }
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   std::printf("forward isa=%s threads=%d B=%d H=%d Hkv=%d Sq=%d Sk=%d D=%d %s%s%s: best %.4f s, median %.4f s, "
