@@ -11,6 +11,7 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -447,6 +448,41 @@ TEST(CpuForward, StridedViews) {
       expect_close(lse, ref_lse, 1e-5, 0.0, std::string("lse ") + cpu::isa_name(isa));
     }
   }
+}
+
+// A workspace sized while the pool had one thread still serves cpu::forward after the pool
+// grew (it uses only the threads the workspace covers; the public entry point instead asks for
+// a workspace of the current size), and concurrent callers do not interfere.
+TEST(CpuForward, WorkspaceSizedForFewerThreadsAndConcurrentCalls) {
+  RestoreCpuSettings restore;
+  Tensor q = randn({1, 1, 8, 64}, DType::f32), k = randn({1, 3000, 2, 64}, DType::f32);
+  Tensor v = randn({1, 3000, 2, 64}, DType::f32);
+  Tensor ref_out({1, 1, 8, 64}, DType::f64);
+  ForwardArgs ref{q, k, v, ref_out, {}, {}, {}, {}};
+  attention_forward(ref, Backend::reference);
+  cpu::set_num_threads(1);
+  Tensor out({1, 1, 8, 64}, DType::f32);
+  ForwardArgs a{q, k, v, out, {}, {}, {}, {}};
+  const detail::AttentionProblem p = detail::resolve_forward(a, Backend::cpu);
+  std::vector<std::byte> ws(cpu::forward_workspace_size(p));
+  cpu::set_num_threads(2);
+  ASSERT_GT(cpu::forward_workspace_size(p), ws.size());
+  test::poison(out);
+  cpu::forward(p, {ws.data(), ws.size()});
+  expect_close(out, ref_out, 1e-5, 0.0, "out after the pool grew");
+
+  Tensor out2({1, 1, 8, 64}, DType::f32);
+  test::poison(out);
+  test::poison(out2);
+  std::thread other([&] {
+    ForwardArgs b = a;
+    b.out = out2;
+    for (int r = 0; r < 20; ++r) attention_forward(b, Backend::cpu);
+  });
+  for (int r = 0; r < 20; ++r) attention_forward(a, Backend::cpu);
+  other.join();
+  expect_close(out, ref_out, 1e-5, 0.0, "out, concurrent caller 1");
+  expect_close(out2, ref_out, 1e-5, 0.0, "out, concurrent caller 2");
 }
 
 TEST(CpuForward, RejectsASmallWorkspace) {
