@@ -5,6 +5,7 @@
 //
 // Per work unit (forward_plan.hpp) and per key tile in the unit's key range:
 //   s^T (Bc x Rp) = K_tile (Bc x d) · q_t (d x Rp)      -- gemm, K rows used as they are
+//                                                       (dot products when R is tiny: decode)
 //   soft-cap, mask (partial tiles only), then per row (a column of s^T, so the SIMD lanes run
 //   across rows and the softmax needs no horizontal reductions):
 //     m' = max(m, max_j s), alpha = 2^(m - m'), p = 2^(s - m'), l = alpha l + sum_j p
@@ -105,19 +106,52 @@ struct FlashForward {
     return reinterpret_cast<float*>(workspace) + std::size_t(thread) * plan.thread_floats;
   }
 
-  /// q_t(e, row) = q(row)[e] * scale, with zero columns for padding rows.
+  /// q_t(e, row) = q(row)[e] * scale, with zero columns for padding rows; or, for
+  /// scores_by_dot, the rows as they are: q_t[row * d + e].
   void load_query_tile(const ForwardUnit& u, float query_scale) const {
     const int G = plan.group, d = p.head_dim, ld = plan.rows_pad;
     const T* q = static_cast<const T*>(p.q);
     float row[256];
     for (int i = u.i0; i < u.i1; ++i)
       for (int g = 0; g < G; ++g) {
-        load_row<V>(q + p.q_layout.offset(u.b, i, u.hkv * G + g), row, d, query_scale);
         const int r = (i - u.i0) * G + g;
+        const T* src = q + p.q_layout.offset(u.b, i, u.hkv * G + g);
+        if (plan.scores_by_dot) {
+          load_row<V>(src, u.q_t + std::ptrdiff_t(r) * d, d, query_scale);
+          continue;
+        }
+        load_row<V>(src, row, d, query_scale);
         for (int e = 0; e < d; ++e) u.q_t[std::ptrdiff_t(e) * ld + r] = row[e];
       }
+    if (plan.scores_by_dot) return;
     for (int e = 0; e < d; ++e)
       for (int r = u.rows; r < ld; ++r) u.q_t[std::ptrdiff_t(e) * ld + r] = 0.0f;
+  }
+
+  /// s^T(j, row) = k_j . q_row for a tile of few rows: one vector of products per (key, row)
+  /// and a horizontal sum, instead of a gemm whose panel would be mostly padding. Padding
+  /// rows get 0 so the softmax never meets stale workspace values.
+  void scores_by_dot(const ForwardUnit& u, int keys) const {
+    const int d = p.head_dim, ld = plan.rows_pad;
+    for (int j = 0; j < keys; ++j) {
+      const float* kj = u.k + std::ptrdiff_t(j) * d;
+      float* sj = u.s + std::ptrdiff_t(j) * ld;
+      for (int r = 0; r < u.rows; ++r) {
+        const float* qr = u.q_t + std::ptrdiff_t(r) * d;
+        V acc0 = V::zero(), acc1 = V::zero();  // two chains: FMA latency, not throughput, bounds one
+        int e = 0;
+        for (; e + 2 * V::width <= d; e += 2 * V::width) {
+          acc0 = V::fma(V::load(kj + e), V::load(qr + e), acc0);
+          acc1 = V::fma(V::load(kj + e + V::width), V::load(qr + e + V::width), acc1);
+        }
+        for (; e < d; e += V::width) {
+          const int n = d - e < V::width ? d - e : V::width;
+          acc0 = V::fma(V::load_n(kj + e, n), V::load_n(qr + e, n), acc0);
+        }
+        sj[r] = (acc0 + acc1).reduce_add();
+      }
+      for (int r = u.rows; r < ld; ++r) sj[r] = 0.0f;
+    }
   }
 
   /// K rows [j0, j1) into k (Bc x d), V rows into v (Bc x dv_pad, zero padding columns).
@@ -205,7 +239,9 @@ struct FlashForward {
       const int keys = j1 - j0;
       const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
       load_kv_tile(u, j0, j1, range_end);
-      if (rp % kPanel<V> == 0)
+      if (plan.scores_by_dot)
+        scores_by_dot(u, keys);
+      else if (rp % kPanel<V> == 0)
         gemm<V, false>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
       else
         gemm<V, false, false, 1>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);

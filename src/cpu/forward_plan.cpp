@@ -22,6 +22,7 @@ ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int pan
   // rows cost as much as real ones in s = K q.
   plan.rows_pad = int(round_up(std::size_t(plan.rows), std::size_t(plan.rows <= width ? width : panel)));
   plan.dv_pad = int(round_up(std::size_t(p.head_dim_v), std::size_t(panel)));
+  plan.scores_by_dot = plan.rows * 2 <= width;
   plan.num_query_blocks = (p.seqlen_q + plan.block_positions - 1) / plan.block_positions;
 
   // Split the keys when fewer than ~4 units per thread would exist otherwise, keeping chunks

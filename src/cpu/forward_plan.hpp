@@ -11,7 +11,8 @@
 // merges the chunks through their log-sum-exps.
 //
 // Workspace (64-byte aligned blocks):
-//   per thread: q_t (d x rows_pad)  query tile, transposed and scaled
+//   per thread: q_t (d x rows_pad)  query tile, transposed and scaled (rows_pad x d, not
+//                                   transposed, when scores_by_dot)
 //               k (key_block x d)   key tile in f32
 //               v (key_block x dv_pad)
 //               s (key_block x rows_pad)  scores, key-major; probabilities in place
@@ -40,6 +41,9 @@ struct ForwardPlan {
   int dv_pad = 0;           ///< head_dim_v rounded up to the ISA's gemm panel
   int num_query_blocks = 0; ///< per (sequence, kv head), from the longest sequence
   int splits = 1;           ///< key chunks per (sequence, kv head, query block)
+  /// Scores by dot products along d instead of the s^T gemm: for tiles of at most half a
+  /// vector of rows (decode with small G), where the gemm would mostly multiply padding.
+  bool scores_by_dot = false;
   std::int64_t num_units = 0;  ///< batch * heads_kv * num_query_blocks * splits
   int threads = 1;
 
