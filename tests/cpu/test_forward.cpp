@@ -239,6 +239,44 @@ TEST(CpuForward, BlockSparseSharedAndPerHead) {
   }
 }
 
+TEST(CpuForward, MaskCombinations) {
+  Tensor layout({7, 7}, DType::u8), globals = test::i32({3, 64});
+  for (std::int64_t i = 0; i < layout.numel(); ++i) layout.as<std::uint8_t>()[i] = (test::rng()() % 4) != 0;
+  std::vector<Mask> masks;
+  Mask dilated_causal = Mask::causal_mask();
+  dilated_causal.window_left = 12;
+  dilated_causal.dilation = 1;
+  masks.push_back(dilated_causal);
+  Mask strided_layout;
+  strided_layout.strided = 5;
+  strided_layout.block_layout = layout;
+  strided_layout.block_q = 16;
+  strided_layout.block_k = 16;
+  masks.push_back(strided_layout);
+  Mask fixed_globals;
+  fixed_globals.fixed_stride = 8;
+  fixed_globals.fixed_summary = 2;
+  fixed_globals.global_tokens = globals;
+  masks.push_back(fixed_globals);
+  Mask window_layout_globals = Mask::window(20, 5);
+  window_layout_globals.block_layout = layout;
+  window_layout_globals.block_q = 16;
+  window_layout_globals.block_k = 16;
+  window_layout_globals.global_tokens = globals;
+  masks.push_back(window_layout_globals);
+  for (const Mask& m : masks) {
+    Case c;
+    c.mask = m;
+    c.seqlen_q = 100;
+    c.seqlen_k = 110;
+    c.heads_q = 3;
+    c.heads_kv = 1;
+    c.head_dim = 24;
+    c.softcap = 4.0f;
+    run_case(c);
+  }
+}
+
 TEST(CpuForward, GlobalTokens) {
   Tensor globals = test::i32({0, 5, 77, 140});
   for (Mask base : {Mask::window(4, 4), Mask::causal_mask(), Mask{}}) {
@@ -332,6 +370,14 @@ TEST(CpuForward, DecodeSplitsKeys) {
     c.mask = Mask{};
     run_case(c);
   }
+  Case latent;  // MLA-like dims with split keys and soft-capping
+  latent.heads_q = 4;
+  latent.seqlen_q = 1;
+  latent.seqlen_k = 1300;
+  latent.head_dim = 192;
+  latent.head_dim_v = 128;
+  latent.softcap = 20.0f;
+  run_case(latent);
   Case speculative;  // a few queries at the end of a long cache, causal
   speculative.seqlen_q = 4;
   speculative.seqlen_k = 1500;
