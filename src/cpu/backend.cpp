@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "cpu/backward_plan.hpp"
 #include "cpu/forward_plan.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/thread_pool.hpp"
@@ -35,10 +36,7 @@ void forward(const detail::AttentionProblem& p, Workspace ws) {
   k.forward(p, plan, static_cast<std::byte*>(ws.data));
 }
 
-// Temporary until the backward helper's src/cpu/flash_backward.hpp lands.
-std::size_t backward_workspace_size(const detail::BackwardProblem&) { return 0; }
-void backward(const detail::BackwardProblem&, Workspace) {
-  detail::fail("backend: the cpu backward is not built yet");
-}
+std::size_t backward_workspace_size(const detail::BackwardProblem& p) { return flash_backward_workspace_size(p); }
+void backward(const detail::BackwardProblem& p, Workspace ws) { flash_backward_run(p, ws); }
 
 }  // namespace attn::cpu
