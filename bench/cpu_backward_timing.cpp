@@ -16,10 +16,8 @@
 #include <vector>
 
 #include "attn/attention.hpp"
-#include "cpu/backward_plan.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
-#include "validate.hpp"
 
 #if defined(ATTN_HAVE_CBLAS)
 #include <cblas.h>
@@ -99,11 +97,9 @@ int main(int argc, char** argv) {
   attn::attention_forward(fwd, attn::Backend::cpu);
 
   attn::BackwardArgs args{q, k, v, out, dout, lse, dq, dk, dv, {}, {}, fwd.params};
-  // Below the dispatch layer: the same call attention_backward makes once validation is done.
-  const attn::detail::BackwardProblem p = attn::detail::resolve_backward(args, attn::Backend::cpu);
-  const std::size_t ws_bytes = attn::cpu::flash_backward_workspace_size(p);
+  const std::size_t ws_bytes = attn::attention_backward_workspace_size(args, attn::Backend::cpu);
   attn::Tensor ws({std::int64_t(std::max<std::size_t>(ws_bytes, 1))}, attn::DType::u8);
-  const Stats s = time_runs(reps, [&] { attn::cpu::flash_backward_run(p, {ws.data(), ws_bytes}); });
+  const Stats s = time_runs(reps, [&] { attn::attention_backward(args, {ws.data(), ws_bytes}, attn::Backend::cpu); });
 
   const double visited = causal ? double(S) * (S + 1) / 2 : double(S) * S;
   const double flops = 2.5 * 4.0 * B * H * D * visited;

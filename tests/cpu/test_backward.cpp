@@ -17,11 +17,9 @@
 #include <gtest/gtest.h>
 
 #include "attn/attention.hpp"
-#include "cpu/backward_plan.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
 #include "support/random.hpp"
-#include "validate.hpp"
 
 namespace attn {
 namespace {
@@ -63,13 +61,6 @@ struct RestoreCpuSettings {
   }
 };
 
-/// The CPU backward on a workspace it sizes, called below the dispatch layer so these tests
-/// stand on their own while backend.cpp is being wired.
-void cpu_backward(const BackwardArgs& a) {
-  const detail::BackwardProblem p = detail::resolve_backward(a, Backend::cpu);
-  std::vector<std::byte> ws(cpu::flash_backward_workspace_size(p));
-  cpu::flash_backward_run(p, {ws.data(), ws.size()});
-}
 
 std::vector<std::byte> bytes_of(const Tensor& t) {
   std::vector<std::byte> out(t.view().nbytes());
@@ -137,7 +128,7 @@ void run_case(const Case& c) {
       cpu::set_isa(isa);
       cpu::set_num_threads(threads);
       for (const Tensor* t : {&dq, &dk, &dvt}) test::poison(*t);
-      cpu_backward(args);
+      attention_backward(args, Backend::cpu);
       const std::string where = std::string(cpu::isa_name(isa)) + " threads=" + std::to_string(threads);
       const double u = unit_roundoff(c.dtype);
       expect_close(dq, ref_dq, c.tol, u, "dq " + where);
@@ -300,6 +291,25 @@ TEST(CpuBackward, ManyKeyChunks) {
   c.seqlen_k = 700;
   c.head_dim = 16;
   run_case(c);
+}
+
+TEST(CpuBackward, CallerWorkspace) {
+  Tensor q = randn({1, 40, 2, 16}, DType::f32), k = randn({1, 300, 1, 16}, DType::f32);
+  Tensor v = randn({1, 300, 1, 16}, DType::f32), dout = randn({1, 40, 2, 16}, DType::f32);
+  Tensor out({1, 40, 2, 16}, DType::f32), lse({1, 2, 40}, DType::f32);
+  attention_forward(ForwardArgs{q, k, v, out, lse, {}, {}, {}}, Backend::cpu);
+  Tensor dq({1, 40, 2, 16}, DType::f32), dk({1, 300, 1, 16}, DType::f32), dv({1, 300, 1, 16}, DType::f32);
+  const BackwardArgs args{q, k, v, out, dout, lse, dq, dk, dv, {}, {}, {}};
+  const std::size_t bytes = attention_backward_workspace_size(args, Backend::cpu);
+  std::vector<std::byte> ws(bytes);
+  test::poison(dq);
+  EXPECT_THROW(attention_backward(args, {ws.data(), bytes - 1}, Backend::cpu), Error);
+  attention_backward(args, {ws.data(), bytes}, Backend::cpu);
+  Tensor ref_dq({1, 40, 2, 16}, DType::f64), ref_dk({1, 300, 1, 16}, DType::f64), ref_dv({1, 300, 1, 16}, DType::f64);
+  attention_backward(BackwardArgs{q, k, v, out, dout, lse, ref_dq, ref_dk, ref_dv, {}, {}, {}}, Backend::reference);
+  expect_close(dq, ref_dq, 1e-5, 0.0, "dq");
+  expect_close(dk, ref_dk, 1e-5, 0.0, "dk");
+  expect_close(dv, ref_dv, 1e-5, 0.0, "dv");
 }
 
 }  // namespace
