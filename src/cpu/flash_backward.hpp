@@ -44,8 +44,12 @@ struct FlashBackward {
   const BackwardPlan& plan;
   float* ws;
 
-  /// First prepared row of (b, kv head): row = i * G + g.
-  std::size_t head_rows(int b, int hkv) const { return (std::size_t(b) * p.heads_kv + hkv) * plan.rows_per_head; }
+  /// First prepared row of (b, kv head); row i * G + g of the head follows.
+  std::size_t head_rows(int b, int hkv) const {
+    const std::size_t first_token =
+        p.cu_seqlens_q != nullptr ? std::size_t(p.cu_seqlens_q[b]) : std::size_t(b) * std::size_t(p.seqlen_q);
+    return (first_token * p.heads_kv + std::size_t(hkv) * std::size_t(p.seqlen_q_of(b))) * plan.group;
+  }
   float* thread_slice(int thread) const { return ws + plan.thread_base + std::size_t(thread) * plan.thread_floats; }
 
   /// Pass 1 on query block (b, kv head, qb): f32 copies of Q and dO, lse2 and D.
@@ -156,7 +160,7 @@ struct FlashBackward {
     const int sq = p.seqlen_q_of(b), sk = p.seqlen_k_of(b), G = plan.group;
     const int d = p.head_dim, dv = p.head_dim_v, dp = plan.d_pad, dvp = plan.dv_pad;
     const std::size_t base = head_rows(b, hkv);
-    float* dq = ws + plan.dq + (base * plan.chunks + std::size_t(chunk) * plan.rows_per_head) * dp;
+    float* dq = ws + plan.dq + (base * plan.chunks + std::size_t(chunk) * sq * G) * dp;
     fill<V>(dq, std::size_t(sq) * G * dp, 0.0f);
 
     float* slice = thread_slice(thread);
@@ -213,7 +217,7 @@ struct FlashBackward {
     const int i1 = i0 + plan.block_positions < sq ? i0 + plan.block_positions : sq;
     const std::size_t base = head_rows(b, hkv);
     const float* partials = ws + plan.dq + base * plan.chunks * dp;
-    const std::size_t chunk_stride = plan.rows_per_head * dp;
+    const std::size_t chunk_stride = std::size_t(sq) * G * dp;
     T* dq = static_cast<T*>(p.dq);
     float sum[256];  // d_pad <= 256: head dims are at most 256 and 256 is a panel multiple
     for (int i = i0; i < i1; ++i)
