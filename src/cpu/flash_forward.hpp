@@ -3,7 +3,8 @@
 // Shape letters: G query heads per kv head, d / dv head dims, Bc keys per tile (64),
 // R rows per tile = query positions x G (position-major), Rp = R padded to the gemm panel.
 //
-// Per work unit (forward_plan.hpp) and per key tile in the unit's key range:
+// Per work unit (forward_plan.hpp), per key tile in the unit's key range and per kv head of
+// the unit (decode units take several):
 //   s^T (Bc x Rp) = K_tile (Bc x d) · q_t (d x Rp)      -- gemm, K rows used as they are
 //                                                       (dot products when R is tiny: decode)
 //   soft-cap, mask (partial tiles only), then per row (a column of s^T, so the SIMD lanes run

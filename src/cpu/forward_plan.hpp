@@ -1,11 +1,11 @@
 // How the CPU forward cuts a problem into work units and lays out its workspace.
 //
-// A work unit is (sequence b, kv head, block of query positions, key split). Its tile has
+// A work unit is (sequence b, kv head(s), block of query positions, key split). Its tile has
 // rows = (query position, head of the GQA group), so the G query heads of a kv group share
 // every K/V tile loaded: decode (one position) still fills G rows. Units run in parallel,
 // handed out dynamically (thread_pool.hpp).
 //
-// Split-KV (flash-decoding): when (b, kv head, query block) alone gives too few units to keep
+// Split-KV (flash-decoding): when (b, kv heads, query block) alone gives too few units to keep
 // every thread busy, each one's key range is cut into `splits` chunks. A chunk writes its
 // normalised partial output (f32) and base-2 log-sum-exp into the workspace; a combine pass
 // merges the chunks through their log-sum-exps.
