@@ -133,11 +133,17 @@ struct FlashBackward {
     }
   }
 
-  /// Zeroes P and dS where the mask forbids (row, key) and past the block's last key.
-  /// Overwrites rather than multiplies, so values there never reach the products.
-  void mask_tile(const GroupMask& gm, int i0, int i1, int j0, int j1, float* s, float* ds) const {
+  /// Zeroes P and dS past the block's last key and, on partial tiles, where the mask forbids
+  /// (row, key). Overwrites rather than multiplies, so values there never reach the products.
+  void mask_tile(const GroupMask& gm, detail::TileKind kind, int i0, int i1, int j0, int j1, float* s,
+                 float* ds) const {
     const int G = plan.group;
-    for (int i = i0; i < i1; ++i)
+    for (int i = i0; i < i1; ++i) {
+      // Keys [lo, hi] may be allowed for position i: one interval when only causal / window
+      // parts are set (the common partial tile: the diagonal), else checked key by key.
+      int lo = j0, hi = j1 - 1;
+      if (kind == detail::TileKind::partial && gm.intervals_only) gm.eval.interval(i + gm.eval.offset(), lo, hi);
+      const bool per_key = kind == detail::TileKind::partial && !gm.intervals_only;
       for (int g = 0; g < G; ++g) {
         const std::size_t r = std::size_t(i - i0) * G + g;
         float* sr = s + r * Bc;
@@ -145,11 +151,12 @@ struct FlashBackward {
         detail::MaskEval e = gm.eval;
         if (gm.per_head) e.head += g;
         for (int j = j0; j < j0 + Bc; ++j)
-          if (j >= j1 || !e.allows(i, j)) {
+          if (j < lo || j > hi || j >= j1 || (per_key && !e.allows(i, j))) {
             sr[j - j0] = 0.0f;
             dsr[j - j0] = 0.0f;
           }
       }
+    }
   }
 
   /// Pass 2 on unit (b, kv head, chunk).
@@ -194,7 +201,7 @@ struct FlashBackward {
         gemm<V, false>(rows, Bc, d, q, dp, k_t, Bc, s, Bc);
         gemm<V, false>(rows, Bc, dv, dout, dvp, v_t, Bc, ds, Bc);
         probabilities_and_ds(s, ds, ws + plan.lse2 + row0, ws + plan.delta + row0, rows);
-        if (kind == detail::TileKind::partial || keys < Bc) mask_tile(gm, i0, i1, j0, j1, s, ds);
+        if (kind == detail::TileKind::partial || keys < Bc) mask_tile(gm, kind, i0, i1, j0, j1, s, ds);
         gemm<V, true, true>(keys, dvp, rows, s, Bc, dout, dvp, dvacc, dvp);
         gemm<V, true, true>(keys, dp, rows, ds, Bc, q, dp, dk, dp);
         gemm<V, true>(rows, dp, keys, ds, Bc, k, dp, dq + std::size_t(i0) * G * dp, dp);
