@@ -1,5 +1,5 @@
 // The CPU backward against the float64 reference backward, on every ISA this CPU supports,
-// with one and two threads: dtypes, head dims, GQA, every mask part, soft-cap, varlen,
+// with one and two threads: dtypes, head dims, GQA, every mask part, soft-cap, varlen, strided views,
 // fully masked rows, huge logits; and bitwise determinism across runs and thread counts.
 //
 // out and lse come from the reference forward (stored as the kernel would get them), so these
@@ -17,9 +17,11 @@
 #include <gtest/gtest.h>
 
 #include "attn/attention.hpp"
+#include "cpu/backend.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
 #include "support/random.hpp"
+#include "validate.hpp"
 
 namespace attn {
 namespace {
@@ -311,6 +313,68 @@ TEST(CpuBackward, CallerWorkspace) {
   attention_backward(args, {ws.data(), bytes}, Backend::cpu);
   Tensor ref_dq({1, 40, 2, 16}, DType::f64), ref_dk({1, 300, 1, 16}, DType::f64), ref_dv({1, 300, 1, 16}, DType::f64);
   attention_backward(BackwardArgs{q, k, v, out, dout, lse, ref_dq, ref_dk, ref_dv, {}, {}, {}}, Backend::reference);
+  expect_close(dq, ref_dq, 1e-5, 0.0, "dq");
+  expect_close(dk, ref_dk, 1e-5, 0.0, "dk");
+  expect_close(dv, ref_dv, 1e-5, 0.0, "dv");
+}
+
+// q, k, v as views into one fused (B, S, 3, H, D) projection, and dq, dk, dv into one fused
+// gradient (as a training step lays them out); dout with padded heads.
+TEST(CpuBackward, StridedViews) {
+  const int B = 2, S = 75, H = 4, D = 32;
+  RestoreCpuSettings restore;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor qkv = randn({B, S, 3, H, D}, dt), dqkv({B, S, 3, H, D}, dt), dout_storage = randn({B, S, H, D + 8}, dt);
+    auto part = [&](const Tensor& fused, int which) {
+      TensorView t = TensorView::contiguous(static_cast<char*>(fused.data()) + which * H * D * dtype_size(dt), dt,
+                                            {B, S, H, D});
+      t.stride = {S * 3 * H * D, 3 * H * D, D, 1};
+      return t;
+    };
+    TensorView dout = TensorView::contiguous(dout_storage.data(), dt, {B, S, H, D});
+    dout.stride = {S * H * (D + 8), H * (D + 8), D + 8, 1};
+    Tensor ref_out({B, S, H, D}, DType::f64), ref_lse({B, H, S}, DType::f64);
+    ForwardArgs fwd{part(qkv, 0), part(qkv, 1), part(qkv, 2), ref_out, ref_lse, {}, {}, {}};
+    fwd.params.mask = Mask::causal_mask();
+    attention_forward(fwd, Backend::reference);
+    const Tensor out = convert(ref_out, dt), lse = convert(ref_lse, DType::f32);
+    Tensor ref_dq({B, S, H, D}, DType::f64), ref_dk({B, S, H, D}, DType::f64), ref_dv({B, S, H, D}, DType::f64);
+    attention_backward(BackwardArgs{part(qkv, 0), part(qkv, 1), part(qkv, 2), out, dout, lse, ref_dq, ref_dk, ref_dv,
+                                    {}, {}, fwd.params},
+                       Backend::reference);
+    const BackwardArgs args{part(qkv, 0), part(qkv, 1), part(qkv, 2), out, dout, lse, part(dqkv, 0), part(dqkv, 1),
+                            part(dqkv, 2), {}, {}, fwd.params};
+    for (cpu::Isa isa : cpu::supported_isas()) {
+      cpu::set_isa(isa);
+      test::poison(dqkv);
+      attention_backward(args, Backend::cpu);
+      const std::string where = std::string(" ") + cpu::isa_name(isa) + " " + dtype_name(dt);
+      expect_close(args.dq, ref_dq, 1e-5, unit_roundoff(dt), "dq" + where);
+      expect_close(args.dk, ref_dk, 1e-5, unit_roundoff(dt), "dk" + where);
+      expect_close(args.dv, ref_dv, 1e-5, unit_roundoff(dt), "dv" + where);
+    }
+  }
+}
+
+// A workspace sized while the pool had one thread still serves cpu::backward after the pool
+// grew: it runs on the threads the workspace covers.
+TEST(CpuBackward, WorkspaceSizedForFewerThreads) {
+  RestoreCpuSettings restore;
+  Tensor q = randn({1, 40, 2, 16}, DType::f32), k = randn({1, 300, 1, 16}, DType::f32);
+  Tensor v = randn({1, 300, 1, 16}, DType::f32), dout = randn({1, 40, 2, 16}, DType::f32);
+  Tensor out({1, 40, 2, 16}, DType::f32), lse({1, 2, 40}, DType::f32);
+  attention_forward(ForwardArgs{q, k, v, out, lse, {}, {}, {}}, Backend::reference);
+  Tensor dq({1, 40, 2, 16}, DType::f32), dk({1, 300, 1, 16}, DType::f32), dv({1, 300, 1, 16}, DType::f32);
+  Tensor ref_dq({1, 40, 2, 16}, DType::f64), ref_dk({1, 300, 1, 16}, DType::f64), ref_dv({1, 300, 1, 16}, DType::f64);
+  attention_backward(BackwardArgs{q, k, v, out, dout, lse, ref_dq, ref_dk, ref_dv, {}, {}, {}}, Backend::reference);
+  const detail::BackwardProblem p =
+      detail::resolve_backward(BackwardArgs{q, k, v, out, dout, lse, dq, dk, dv, {}, {}, {}}, Backend::cpu);
+  cpu::set_num_threads(1);
+  std::vector<std::byte> ws(cpu::backward_workspace_size(p));
+  cpu::set_num_threads(2);
+  ASSERT_GT(cpu::backward_workspace_size(p), ws.size());
+  for (const Tensor* t : {&dq, &dk, &dv}) test::poison(*t);
+  cpu::backward(p, {ws.data(), ws.size()});
   expect_close(dq, ref_dq, 1e-5, 0.0, "dq");
   expect_close(dk, ref_dk, 1e-5, 0.0, "dk");
   expect_close(dv, ref_dv, 1e-5, 0.0, "dv");
