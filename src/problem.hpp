@@ -9,10 +9,13 @@
 
 #include "attn/dtype.hpp"
 
+// Always inlined, also at -O0: the CPU kernels are compiled once per instruction set
+// (src/cpu/kernels_<isa>.cpp), and an out-of-line copy emitted by an AVX-512 file could be
+// the one the linker keeps for every caller.
 #if defined(__CUDACC__)
 #define ATTN_HD __host__ __device__ __forceinline__
 #else
-#define ATTN_HD inline
+#define ATTN_HD inline __attribute__((always_inline))
 #endif
 
 namespace attn::detail {

@@ -1,0 +1,306 @@
+// The CPU backward against the float64 reference backward, on every ISA this CPU supports,
+// with one and two threads: dtypes, head dims, GQA, every mask part, soft-cap, varlen,
+// fully masked rows, huge logits; and bitwise determinism across runs and thread counts.
+//
+// out and lse come from the reference forward (stored as the kernel would get them), so these
+// tests do not depend on the CPU forward. Tolerances, per gradient tensor with scale
+// m = max |reference|: f32 storage |got - want| <= tol * m (tol 1e-5 unless the case says);
+// f16 / bf16 storage, the reference runs on the same rounded q, k, v, dout, and each element
+// may differ by 4 * u * (|want| + m): the output's own rounding plus the kernel's use of the
+// rounded out in D = rowsum(dO * O). Every element is checked; outputs are poisoned first.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "attn/attention.hpp"
+#include "cpu/backward_plan.hpp"
+#include "cpu/isa.hpp"
+#include "cpu/thread_pool.hpp"
+#include "support/random.hpp"
+#include "validate.hpp"
+
+namespace attn {
+namespace {
+
+using test::randn;
+
+struct Case {
+  int batch = 1, heads_q = 2, heads_kv = 1, seqlen_q = 70, seqlen_k = 70, head_dim = 64, head_dim_v = 0;
+  DType dtype = DType::f32;
+  Mask mask;
+  float scale = 0.0f, softcap = 0.0f;
+  double q_sigma = 1.0;
+  std::vector<int> lengths_q, lengths_k;  ///< varlen when set
+  double tol = 1e-5;
+};
+
+double unit_roundoff(DType t) {
+  return t == DType::f16 ? std::ldexp(1.0, -11) : t == DType::bf16 ? std::ldexp(1.0, -8) : 0.0;
+}
+
+void expect_close(const TensorView& got, const TensorView& want, double tol, double u, const std::string& what) {
+  ASSERT_EQ(got.numel(), want.numel());
+  double m = 0;
+  for (std::int64_t i = 0; i < want.numel(); ++i) m = std::max(m, std::abs(read_element(want, i)));
+  int reported = 0;
+  for (std::int64_t i = 0; i < got.numel(); ++i) {
+    const double g = read_element(got, i), w = read_element(want, i);
+    const bool ok = std::isfinite(g) && std::abs(g - w) <= tol * m + 4 * u * (std::abs(w) + m);
+    if (!ok && reported++ < 5) ADD_FAILURE() << what << " element " << i << ": got " << g << ", want " << w << " (scale " << m << ")";
+  }
+}
+
+struct RestoreCpuSettings {
+  cpu::Isa isa = cpu::active_isa();
+  int threads = cpu::num_threads();
+  ~RestoreCpuSettings() {
+    cpu::set_isa(isa);
+    cpu::set_num_threads(threads);
+  }
+};
+
+/// The CPU backward on a workspace it sizes, called below the dispatch layer so these tests
+/// stand on their own while backend.cpp is being wired.
+void cpu_backward(const BackwardArgs& a) {
+  const detail::BackwardProblem p = detail::resolve_backward(a, Backend::cpu);
+  std::vector<std::byte> ws(cpu::flash_backward_workspace_size(p));
+  cpu::flash_backward_run(p, {ws.data(), ws.size()});
+}
+
+std::vector<std::byte> bytes_of(const Tensor& t) {
+  std::vector<std::byte> out(t.view().nbytes());
+  std::memcpy(out.data(), t.view().data, out.size());
+  return out;
+}
+
+void run_case(const Case& c) {
+  const bool packed = !c.lengths_q.empty();
+  const int dv = c.head_dim_v > 0 ? c.head_dim_v : c.head_dim;
+  Tensor q, k, v, dout, cu_q, cu_k;
+  std::int64_t tq = 0;
+  if (!packed) {
+    q = randn({c.batch, c.seqlen_q, c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
+    k = randn({c.batch, c.seqlen_k, c.heads_kv, c.head_dim}, c.dtype);
+    v = randn({c.batch, c.seqlen_k, c.heads_kv, dv}, c.dtype);
+    dout = randn({c.batch, c.seqlen_q, c.heads_q, dv}, c.dtype);
+  } else {
+    std::vector<std::int32_t> cq{0}, ck{0};
+    for (std::size_t b = 0; b < c.lengths_q.size(); ++b) {
+      cq.push_back(cq.back() + c.lengths_q[b]);
+      ck.push_back(ck.back() + c.lengths_k[b]);
+    }
+    cu_q = test::i32(cq);
+    cu_k = test::i32(ck);
+    tq = cq.back();
+    q = randn({tq, c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
+    k = randn({ck.back(), c.heads_kv, c.head_dim}, c.dtype);
+    v = randn({ck.back(), c.heads_kv, dv}, c.dtype);
+    dout = randn({tq, c.heads_q, dv}, c.dtype);
+  }
+  auto q_like = [&](int dim, DType t) {
+    return packed ? Tensor({tq, c.heads_q, dim}, t) : Tensor({c.batch, c.seqlen_q, c.heads_q, dim}, t);
+  };
+  Tensor ref_out = q_like(dv, DType::f64);
+  Tensor ref_lse = packed ? Tensor({c.heads_q, tq}, DType::f64) : Tensor({c.batch, c.heads_q, c.seqlen_q}, DType::f64);
+  ForwardArgs fwd{q, k, v, ref_out, ref_lse, cu_q, cu_k, {}};
+  fwd.params.scale = c.scale;
+  fwd.params.softcap = c.softcap;
+  fwd.params.mask = c.mask;
+  attention_forward(fwd, Backend::reference);
+  const Tensor out = convert(ref_out, c.dtype), lse = convert(ref_lse, DType::f32);
+
+  auto k_like = [&](const Tensor& t, DType dt) {
+    std::vector<std::int64_t> shape(t.view().shape.begin(), t.view().shape.begin() + t.view().ndim);
+    return Tensor(std::span<const std::int64_t>(shape), dt);
+  };
+  BackwardArgs ref{q, k, v, out, dout, lse, k_like(q, DType::f64), k_like(k, DType::f64), k_like(v, DType::f64),
+                   cu_q, cu_k, fwd.params};
+  Tensor ref_dq = k_like(q, DType::f64), ref_dk = k_like(k, DType::f64), ref_dv = k_like(v, DType::f64);
+  ref.dq = ref_dq;
+  ref.dk = ref_dk;
+  ref.dv = ref_dv;
+  attention_backward(ref, Backend::reference);
+
+  Tensor dq = k_like(q, c.dtype), dk = k_like(k, c.dtype), dvt = k_like(v, c.dtype);
+  BackwardArgs args = ref;
+  args.dq = dq;
+  args.dk = dk;
+  args.dv = dvt;
+  RestoreCpuSettings restore;
+  for (cpu::Isa isa : cpu::supported_isas()) {
+    std::vector<std::vector<std::byte>> first;
+    for (int threads : {1, 2, 2}) {
+      cpu::set_isa(isa);
+      cpu::set_num_threads(threads);
+      for (const Tensor* t : {&dq, &dk, &dvt}) test::poison(*t);
+      cpu_backward(args);
+      const std::string where = std::string(cpu::isa_name(isa)) + " threads=" + std::to_string(threads);
+      const double u = unit_roundoff(c.dtype);
+      expect_close(dq, ref_dq, c.tol, u, "dq " + where);
+      expect_close(dk, ref_dk, c.tol, u, "dk " + where);
+      expect_close(dvt, ref_dv, c.tol, u, "dv " + where);
+      // Deterministic: every run of this ISA, whatever the thread count, gives the same bits.
+      std::vector<std::vector<std::byte>> now{bytes_of(dq), bytes_of(dk), bytes_of(dvt)};
+      if (first.empty()) first = now;
+      EXPECT_TRUE(now == first) << "not bitwise reproducible: " << where;
+    }
+  }
+}
+
+TEST(CpuBackward, NoMaskF32) { run_case({}); }
+
+TEST(CpuBackward, HeadDims) {
+  for (int d : {8, 64, 128, 256}) {
+    Case c;
+    c.head_dim = d;
+    c.seqlen_q = 37;
+    c.seqlen_k = 81;
+    run_case(c);
+  }
+  Case mla;  // head_dim_v != head_dim both ways
+  mla.head_dim = 192;
+  mla.head_dim_v = 128;
+  mla.seqlen_q = 40;
+  run_case(mla);
+  Case narrow_v;
+  narrow_v.head_dim = 64;
+  narrow_v.head_dim_v = 24;
+  narrow_v.mask.causal = true;
+  run_case(narrow_v);
+}
+
+TEST(CpuBackward, GroupSizes) {
+  for (auto [hq, hkv] : {std::pair{3, 3}, std::pair{6, 2}, std::pair{8, 1}, std::pair{96, 1}}) {
+    Case c;
+    c.heads_q = hq;
+    c.heads_kv = hkv;
+    c.seqlen_q = 19;
+    c.seqlen_k = 70;
+    c.head_dim = 32;
+    c.mask.causal = true;
+    run_case(c);
+  }
+}
+
+TEST(CpuBackward, Dtypes) {
+  for (DType t : {DType::f16, DType::bf16}) {
+    Case c;
+    c.dtype = t;
+    c.heads_q = 4;
+    c.heads_kv = 2;
+    c.mask.causal = true;
+    c.head_dim = 72;
+    run_case(c);
+    Case capped = c;
+    capped.mask = Mask::window(30, 10);
+    capped.softcap = 5.0f;
+    run_case(capped);
+  }
+}
+
+TEST(CpuBackward, MaskParts) {
+  Tensor layout({7, 5}, DType::u8), per_head({2, 7, 5}, DType::u8), globals = test::i32({3, 64, 101});
+  for (std::int64_t i = 0; i < layout.numel(); ++i) layout.as<std::uint8_t>()[i] = (test::rng()() % 3) != 0;
+  for (std::int64_t i = 0; i < per_head.numel(); ++i) per_head.as<std::uint8_t>()[i] = (test::rng()() % 3) != 0;
+  std::vector<Mask> masks;
+  masks.push_back(Mask::causal_mask());
+  masks.push_back(Mask::window(16, 0));
+  masks.push_back(Mask::window(8, 20));
+  Mask dil = Mask::window(10, 4);
+  dil.dilation = 2;
+  masks.push_back(dil);
+  Mask strided;
+  strided.strided = 7;
+  masks.push_back(strided);
+  Mask fixed;
+  fixed.fixed_stride = 16;
+  fixed.fixed_summary = 3;
+  masks.push_back(fixed);
+  for (const Tensor* l : {&layout, &per_head}) {
+    Mask block;
+    block.block_layout = *l;
+    block.block_q = 16;
+    block.block_k = 32;
+    masks.push_back(block);
+  }
+  Mask global = Mask::window(4, 4);
+  global.global_tokens = globals;
+  masks.push_back(global);
+  Mask causal_global = Mask::causal_mask();
+  causal_global.global_tokens = globals;
+  masks.push_back(causal_global);
+  for (const Mask& m : masks) {
+    Case c;
+    c.mask = m;
+    c.seqlen_q = 100;
+    c.seqlen_k = 150;
+    c.heads_q = 2;
+    c.head_dim = 24;
+    run_case(c);
+  }
+}
+
+TEST(CpuBackward, VarlenWithEmptyAndSingleTokenSequences) {
+  Case c;
+  c.batch = 5;
+  c.heads_q = 4;
+  c.heads_kv = 2;
+  c.head_dim = 32;
+  c.lengths_q = {30, 0, 1, 65, 7};
+  c.lengths_k = {45, 9, 1, 130, 0};
+  c.seqlen_q = 65;
+  c.seqlen_k = 130;
+  run_case(c);
+  c.mask.causal = true;
+  run_case(c);
+}
+
+TEST(CpuBackward, BatchPaddedAndLongerQueries) {
+  Case c;  // seqlen_q > seqlen_k under causal: the first rows see no key (lse = -inf)
+  c.batch = 2;
+  c.seqlen_q = 90;
+  c.seqlen_k = 20;
+  c.mask.causal = true;
+  run_case(c);
+  Case w;  // block rows that see nothing at all
+  w.seqlen_q = 80;
+  w.seqlen_k = 80;
+  Tensor layout({5, 3}, DType::u8);
+  for (int i = 0; i < 15; ++i) layout.as<std::uint8_t>()[i] = i < 9;
+  w.mask.block_layout = layout;
+  w.mask.block_q = 16;
+  w.mask.block_k = 32;
+  run_case(w);
+}
+
+TEST(CpuBackward, ScaleSoftcapAndHugeLogits) {
+  Case sc;
+  sc.softcap = 5.0f;
+  sc.scale = 0.5f;
+  sc.mask.causal = true;
+  run_case(sc);
+  Case tiny_cap;
+  tiny_cap.softcap = 0.3f;
+  run_case(tiny_cap);
+  Case huge;  // scores in the hundreds: f32 score rounding (~|s| * 6e-8) sets the floor
+  huge.q_sigma = 100.0;
+  huge.tol = 1e-3;
+  huge.mask.causal = true;
+  run_case(huge);
+}
+
+TEST(CpuBackward, ManyKeyChunks) {
+  Case c;  // one (sequence, kv head): the plan splits the keys into chunks with dQ partials
+  c.heads_q = 1;
+  c.seqlen_q = 50;
+  c.seqlen_k = 700;
+  c.head_dim = 16;
+  run_case(c);
+}
+
+}  // namespace
+}  // namespace attn

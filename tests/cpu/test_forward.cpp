@@ -1,0 +1,545 @@
+// The CPU forward against the float64 reference, on every ISA this CPU supports, with one and
+// two threads: masks, dtypes, head dims, GQA, varlen, decode (split-KV), paged caches.
+//
+// Tolerances: f32 storage, |out - ref| <= tol (1e-5 unless the case has huge logits, where
+// f32 score rounding alone is ~|s| * 6e-8); f16 / bf16 storage, the reference runs on the same
+// rounded inputs and each element may differ by 2x the output rounding (2 * u * |ref|, u =
+// 2^-11 or 2^-8) plus tol. lse always within tol * (1 + |lse|). Every element is checked.
+#include <algorithm>
+#include <cstring>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "attn/attention.hpp"
+#include "cpu/backend.hpp"
+#include "cpu/isa.hpp"
+#include "cpu/thread_pool.hpp"
+#include "support/random.hpp"
+#include "validate.hpp"
+
+namespace attn {
+namespace {
+
+using test::randn;
+
+struct Case {
+  int batch = 1, heads_q = 2, heads_kv = 1, seqlen_q = 70, seqlen_k = 70, head_dim = 64, head_dim_v = 0;
+  DType dtype = DType::f32;
+  Mask mask;
+  float scale = 0.0f, softcap = 0.0f;
+  double q_sigma = 1.0;
+  bool with_lse = true;
+  std::vector<int> lengths_q, lengths_k;  ///< varlen when set
+  double tol = 1e-5;
+};
+
+double unit_roundoff(DType t) {
+  return t == DType::f16 ? std::ldexp(1.0, -11) : t == DType::bf16 ? std::ldexp(1.0, -8) : 0.0;
+}
+
+/// Every element of `got` against `want`: NaN never, infinities exactly, else within
+/// tol + 2 * u * |want|.
+void expect_close(const TensorView& got, const TensorView& want, double tol, double u, const std::string& what) {
+  ASSERT_EQ(got.numel(), want.numel());
+  int reported = 0;
+  for (std::int64_t i = 0; i < got.numel(); ++i) {
+    const double g = read_element(got, i), w = read_element(want, i);
+    bool ok;
+    if (std::isnan(g) || std::isnan(w)) ok = false;
+    else if (std::isinf(g) || std::isinf(w)) ok = g == w;
+    else ok = std::abs(g - w) <= tol + 2 * u * std::abs(w);
+    if (!ok && reported++ < 5) ADD_FAILURE() << what << " element " << i << ": got " << g << ", want " << w;
+  }
+}
+
+/// Puts the ISA and the thread count back when a test that loops over them ends.
+struct RestoreCpuSettings {
+  cpu::Isa isa = cpu::active_isa();
+  int threads = cpu::num_threads();
+  ~RestoreCpuSettings() {
+    cpu::set_isa(isa);
+    cpu::set_num_threads(threads);
+  }
+};
+
+struct Inputs {
+  Tensor q, k, v, cu_q, cu_k;
+  std::int64_t tokens_q = 0;
+};
+
+Inputs make_inputs(const Case& c) {
+  const int dv = c.head_dim_v > 0 ? c.head_dim_v : c.head_dim;
+  Inputs in;
+  if (c.lengths_q.empty()) {
+    in.q = randn({c.batch, c.seqlen_q, c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
+    in.k = randn({c.batch, c.seqlen_k, c.heads_kv, c.head_dim}, c.dtype);
+    in.v = randn({c.batch, c.seqlen_k, c.heads_kv, dv}, c.dtype);
+    return in;
+  }
+  std::vector<std::int32_t> cq{0}, ck{0};
+  for (std::size_t b = 0; b < c.lengths_q.size(); ++b) {
+    cq.push_back(cq.back() + c.lengths_q[b]);
+    ck.push_back(ck.back() + c.lengths_k[b]);
+  }
+  in.cu_q = test::i32(cq);
+  in.cu_k = test::i32(ck);
+  in.q = randn({cq.back(), c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
+  in.k = randn({ck.back(), c.heads_kv, c.head_dim}, c.dtype);
+  in.v = randn({ck.back(), c.heads_kv, dv}, c.dtype);
+  return in;
+}
+
+void run_case(const Case& c) {
+  const Inputs in = make_inputs(c);
+  const bool packed = !c.lengths_q.empty();
+  const int dv = c.head_dim_v > 0 ? c.head_dim_v : c.head_dim;
+  const std::int64_t b_or_t = packed ? in.q.size(0) : c.batch;
+  auto out_shape = [&](DType t) {
+    return packed ? Tensor({b_or_t, c.heads_q, dv}, t) : Tensor({c.batch, c.seqlen_q, c.heads_q, dv}, t);
+  };
+  auto lse_shape = [&](DType t) {
+    return packed ? Tensor({c.heads_q, b_or_t}, t) : Tensor({c.batch, c.heads_q, c.seqlen_q}, t);
+  };
+  Tensor ref_out = out_shape(DType::f64), ref_lse = lse_shape(DType::f64);
+  ForwardArgs ref{in.q, in.k, in.v, ref_out, ref_lse, in.cu_q, in.cu_k, {}};
+  ref.params.scale = c.scale;
+  ref.params.softcap = c.softcap;
+  ref.params.mask = c.mask;
+  attention_forward(ref, Backend::reference);
+
+  Tensor out = out_shape(c.dtype), lse = lse_shape(DType::f32);
+  ForwardArgs args = ref;
+  args.out = out;
+  args.lse = c.with_lse ? lse.view() : TensorView{};
+  RestoreCpuSettings restore;
+  for (cpu::Isa isa : cpu::supported_isas())
+    for (int threads : {1, 2}) {
+      cpu::set_isa(isa);
+      cpu::set_num_threads(threads);
+      test::poison(out);
+      test::poison(lse);
+      attention_forward(args, Backend::cpu);
+      const std::string where = std::string(cpu::isa_name(isa)) + " threads=" + std::to_string(threads);
+      expect_close(out, ref_out, c.tol, unit_roundoff(c.dtype), "out " + where);
+      if (c.with_lse) {
+        // lse tolerance relative to its size: it carries the scores' magnitude.
+        double biggest = 0;
+        for (std::int64_t i = 0; i < ref_lse.numel(); ++i) {
+          const double x = read_element(ref_lse, i);
+          if (std::isfinite(x)) biggest = std::max(biggest, std::abs(x));
+        }
+        expect_close(lse, ref_lse, c.tol * (1 + biggest), 0.0, "lse " + where);
+      }
+    }
+}
+
+TEST(CpuForward, NoMaskF32) { run_case({}); }
+
+TEST(CpuForward, HeadDims) {
+  for (int d : {8, 64, 96, 128, 256}) {
+    Case c;
+    c.head_dim = d;
+    c.seqlen_q = 37;
+    c.seqlen_k = 81;
+    run_case(c);
+  }
+  Case mla;  // head_dim_v != head_dim both ways
+  mla.head_dim = 192;
+  mla.head_dim_v = 128;
+  run_case(mla);
+  Case narrow_v;
+  narrow_v.head_dim = 64;
+  narrow_v.head_dim_v = 24;
+  narrow_v.mask.causal = true;
+  run_case(narrow_v);
+}
+
+TEST(CpuForward, GroupSizes) {
+  for (auto [hq, hkv] : {std::pair{3, 3}, std::pair{6, 2}, std::pair{8, 1}, std::pair{16, 2}, std::pair{96, 1}}) {
+    Case c;
+    c.heads_q = hq;
+    c.heads_kv = hkv;
+    c.seqlen_q = 19;
+    c.seqlen_k = 70;
+    c.head_dim = 32;
+    c.mask.causal = true;
+    run_case(c);
+  }
+}
+
+TEST(CpuForward, Dtypes) {
+  for (DType t : {DType::f16, DType::bf16}) {
+    Case c;
+    c.dtype = t;
+    c.heads_q = 4;
+    c.heads_kv = 2;
+    c.mask.causal = true;
+    c.head_dim = 72;
+    run_case(c);
+  }
+}
+
+TEST(CpuForward, MaskParts) {
+  std::vector<Mask> masks;
+  masks.push_back(Mask::causal_mask());
+  masks.push_back(Mask::window(16, 0));
+  masks.push_back(Mask::window(8, 20));
+  masks.push_back(Mask::window(-1, 3));
+  Mask dil = Mask::window(10, 4);
+  dil.dilation = 2;
+  masks.push_back(dil);
+  Mask strided;
+  strided.strided = 7;
+  masks.push_back(strided);
+  Mask fixed;
+  fixed.fixed_stride = 16;
+  fixed.fixed_summary = 3;
+  masks.push_back(fixed);
+  Mask causal_window = Mask::causal_mask();
+  causal_window.window_left = 40;
+  masks.push_back(causal_window);
+  for (const Mask& m : masks)
+    for (auto [sq, sk] : {std::pair{130, 130}, std::pair{50, 200}, std::pair{97, 40}}) {
+      Case c;
+      c.mask = m;
+      c.seqlen_q = sq;
+      c.seqlen_k = sk;
+      c.heads_q = 4;
+      c.heads_kv = 2;
+      c.head_dim = 32;
+      run_case(c);
+    }
+}
+
+TEST(CpuForward, BlockSparseSharedAndPerHead) {
+  const int sq = 100, sk = 150, bq = 16, bk = 32, nbq = 7, nbk = 5;
+  for (bool per_head : {false, true}) {
+    Tensor layout = per_head ? Tensor({4, nbq, nbk}, DType::u8) : Tensor({nbq, nbk}, DType::u8);
+    for (std::int64_t i = 0; i < layout.numel(); ++i) layout.as<std::uint8_t>()[i] = (test::rng()() % 3) != 0;
+    layout.as<std::uint8_t>()[0] = 0;  // some rows see nothing in their first block
+    for (bool causal : {false, true}) {
+      Case c;
+      c.seqlen_q = sq;
+      c.seqlen_k = sk;
+      c.heads_q = 4;
+      c.heads_kv = 2;
+      c.head_dim = 16;
+      c.mask.causal = causal;
+      c.mask.block_layout = layout;
+      c.mask.block_q = bq;
+      c.mask.block_k = bk;
+      run_case(c);
+    }
+  }
+}
+
+TEST(CpuForward, MaskCombinations) {
+  Tensor layout({7, 7}, DType::u8), globals = test::i32({3, 64});
+  for (std::int64_t i = 0; i < layout.numel(); ++i) layout.as<std::uint8_t>()[i] = (test::rng()() % 4) != 0;
+  std::vector<Mask> masks;
+  Mask dilated_causal = Mask::causal_mask();
+  dilated_causal.window_left = 12;
+  dilated_causal.dilation = 1;
+  masks.push_back(dilated_causal);
+  Mask strided_layout;
+  strided_layout.strided = 5;
+  strided_layout.block_layout = layout;
+  strided_layout.block_q = 16;
+  strided_layout.block_k = 16;
+  masks.push_back(strided_layout);
+  Mask fixed_globals;
+  fixed_globals.fixed_stride = 8;
+  fixed_globals.fixed_summary = 2;
+  fixed_globals.global_tokens = globals;
+  masks.push_back(fixed_globals);
+  Mask window_layout_globals = Mask::window(20, 5);
+  window_layout_globals.block_layout = layout;
+  window_layout_globals.block_q = 16;
+  window_layout_globals.block_k = 16;
+  window_layout_globals.global_tokens = globals;
+  masks.push_back(window_layout_globals);
+  for (const Mask& m : masks) {
+    Case c;
+    c.mask = m;
+    c.seqlen_q = 100;
+    c.seqlen_k = 110;
+    c.heads_q = 3;
+    c.heads_kv = 1;
+    c.head_dim = 24;
+    c.softcap = 4.0f;
+    run_case(c);
+  }
+}
+
+TEST(CpuForward, GlobalTokens) {
+  Tensor globals = test::i32({0, 5, 77, 140});
+  for (Mask base : {Mask::window(4, 4), Mask::causal_mask(), Mask{}}) {
+    Case c;
+    c.seqlen_q = 150;
+    c.seqlen_k = 150;
+    c.head_dim = 16;
+    c.mask = base;
+    if (base.causal) c.mask.window_left = 10;
+    c.mask.global_tokens = globals;
+    run_case(c);
+  }
+}
+
+TEST(CpuForward, FullyMaskedRowsGiveZeroAndMinusInf) {
+  Case c;  // seqlen_q > seqlen_k with causal: the first rows sit before every key
+  c.seqlen_q = 90;
+  c.seqlen_k = 20;
+  c.mask.causal = true;
+  run_case(c);
+  Case w;  // a window entirely to the right of the keys for the last rows
+  w.seqlen_q = 80;
+  w.seqlen_k = 80;
+  w.mask = Mask::window(-1, 0);
+  w.mask.window_left = 0;
+  Tensor layout({5, 3}, DType::u8);  // Mask holds a view: the tensor must outlive the call
+  for (int i = 0; i < 15; ++i) layout.as<std::uint8_t>()[i] = i < 9;  // the last block rows see nothing
+  w.mask.block_layout = layout;
+  w.mask.block_q = 16;
+  w.mask.block_k = 32;
+  run_case(w);
+}
+
+TEST(CpuForward, ScaleSoftcapAndHugeLogits) {
+  Case sc;
+  sc.softcap = 5.0f;
+  sc.scale = 0.5f;
+  sc.mask.causal = true;
+  run_case(sc);
+  Case tiny_cap;  // strongly capped scores
+  tiny_cap.softcap = 0.3f;
+  run_case(tiny_cap);
+  Case huge;  // scores in the hundreds: f32 score rounding sets the floor
+  huge.q_sigma = 100.0;
+  huge.tol = 1e-3;
+  huge.mask.causal = true;
+  run_case(huge);
+  Case huge_capped = huge;
+  huge_capped.softcap = 30.0f;
+  huge_capped.tol = 1e-4;
+  run_case(huge_capped);
+}
+
+TEST(CpuForward, NoLse) {
+  Case c;
+  c.with_lse = false;
+  run_case(c);
+}
+
+TEST(CpuForward, VarlenWithEmptyAndSingleTokenSequences) {
+  Case c;
+  c.lengths_q = {5, 0, 1, 130, 64, 3};
+  c.lengths_k = {9, 7, 1, 130, 0, 200};
+  c.batch = 6;
+  c.heads_q = 6;
+  c.heads_kv = 2;
+  c.head_dim = 40;
+  for (bool causal : {false, true}) {
+    c.mask.causal = causal;
+    run_case(c);
+  }
+  c.dtype = DType::bf16;
+  run_case(c);
+}
+
+TEST(CpuForward, DecodeSplitsKeys) {
+  // One query per sequence over a long cache: few (sequence, kv head) units, so keys split.
+  for (auto [hq, hkv] : {std::pair{8, 2}, std::pair{8, 1}, std::pair{1, 1}}) {
+    Case c;
+    c.batch = 2;
+    c.heads_q = hq;
+    c.heads_kv = hkv;
+    c.seqlen_q = 1;
+    c.seqlen_k = 2100;
+    c.head_dim = 64;
+    run_case(c);
+    c.mask = Mask::window(700, 0);
+    c.mask.causal = true;
+    run_case(c);
+    c.dtype = DType::f16;
+    c.mask = Mask{};
+    run_case(c);
+  }
+  Case latent;  // MLA-like dims with split keys and soft-capping
+  latent.heads_q = 4;
+  latent.seqlen_q = 1;
+  latent.seqlen_k = 1300;
+  latent.head_dim = 192;
+  latent.head_dim_v = 128;
+  latent.softcap = 20.0f;
+  run_case(latent);
+  Case speculative;  // a few queries at the end of a long cache, causal
+  speculative.seqlen_q = 4;
+  speculative.seqlen_k = 1500;
+  speculative.heads_q = 4;
+  speculative.mask.causal = true;
+  run_case(speculative);
+}
+
+TEST(CpuForward, PrefillSplitsWhenOneSequenceIsLong) {
+  Case c;
+  c.heads_q = 1;
+  c.seqlen_q = 64;
+  c.seqlen_k = 1100;
+  c.head_dim = 16;
+  run_case(c);
+}
+
+// A paged cache: K / V in pages of a pool, per-sequence block tables and lengths; each sequence
+// checked against the reference on its own contiguous keys.
+TEST(CpuForward, PagedCacheMatchesContiguous) {
+  const int B = 3, Hq = 4, Hkv = 2, D = 32, page = 16, max_pages = 6, num_pages = 20, Sq = 3;
+  const std::vector<int> lengths = {70, 1, 96};
+  RestoreCpuSettings restore;
+  for (DType dt : {DType::f32, DType::f16}) {
+    Tensor k_pool = randn({num_pages, page, Hkv, D}, dt), v_pool = randn({num_pages, page, Hkv, D}, dt);
+    std::vector<std::int32_t> ids(num_pages);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), test::rng());
+    std::vector<std::int32_t> table(B * max_pages, -1);
+    for (int b = 0, next = 0; b < B; ++b)
+      for (int t = 0; t < (lengths[b] + page - 1) / page; ++t) table[b * max_pages + t] = ids[next++];
+    Tensor block_table = test::i32(table), seqlens = test::i32(std::vector<std::int32_t>(lengths.begin(), lengths.end()));
+    Tensor q = randn({B, Sq, Hq, D}, dt);
+    Tensor out({B, Sq, Hq, D}, dt), lse({B, Hq, Sq}, DType::f32);
+
+    // Resolve a contiguous call of the same shapes, then point k / v at the pages.
+    Tensor k_shape({B, max_pages * page, Hkv, D}, dt), v_shape({B, max_pages * page, Hkv, D}, dt);
+    ForwardArgs args{q, k_shape, v_shape, out, lse, {}, {}, {}};
+    args.params.mask = Mask::causal_mask();
+    detail::AttentionProblem p = detail::resolve_forward(args, Backend::cpu);
+    p.seqlens_k = seqlens.as<std::int32_t>();
+    p.k = k_pool.data();
+    p.v = v_pool.data();
+    for (detail::TokenLayout* l : {&p.k_layout, &p.v_layout}) {
+      *l = detail::TokenLayout{};
+      l->token_stride = Hkv * D;
+      l->head_stride = D;
+      l->block_table = block_table.as<std::int32_t>();
+      l->block_table_stride = max_pages;
+      l->page_size = page;
+      l->page_stride = std::int64_t(page) * Hkv * D;
+    }
+    for (cpu::Isa isa : cpu::supported_isas()) {
+      cpu::set_isa(isa);
+      test::poison(out);
+      test::poison(lse);
+      std::vector<std::byte> ws(cpu::forward_workspace_size(p));
+      cpu::forward(p, {ws.data(), ws.size()});
+      for (int b = 0; b < B; ++b) {
+        const int sk = lengths[b];
+        Tensor q1({1, Sq, Hq, D}, dt), k1({1, sk, Hkv, D}, dt), v1({1, sk, Hkv, D}, dt);
+        const std::size_t es = dtype_size(dt);
+        std::memcpy(q1.data(), static_cast<char*>(q.data()) + b * q1.nbytes(), q1.nbytes());
+        for (int t = 0; t < sk; ++t) {
+          const std::int64_t src = (std::int64_t(table[b * max_pages + t / page]) * page + t % page) * Hkv * D;
+          std::memcpy(static_cast<char*>(k1.data()) + t * Hkv * D * es, static_cast<char*>(k_pool.data()) + src * es,
+                      Hkv * D * es);
+          std::memcpy(static_cast<char*>(v1.data()) + t * Hkv * D * es, static_cast<char*>(v_pool.data()) + src * es,
+                      Hkv * D * es);
+        }
+        Tensor o1({1, Sq, Hq, D}, DType::f64), l1({1, Hq, Sq}, DType::f64);
+        ForwardArgs a1{q1, k1, v1, o1, l1, {}, {}, args.params};
+        attention_forward(a1, Backend::reference);
+        Tensor got_o = convert(TensorView::contiguous(static_cast<char*>(out.data()) + b * q1.nbytes(), dt,
+                                                      {1, Sq, Hq, D}),
+                               DType::f64);
+        Tensor got_l = convert(TensorView::contiguous(lse.as<float>() + b * Hq * Sq, DType::f32, {1, Hq, Sq}),
+                               DType::f64);
+        const std::string where = std::string(cpu::isa_name(isa)) + " sequence " + std::to_string(b);
+        expect_close(got_o, o1, 1e-5, unit_roundoff(dt), "out " + where);
+        expect_close(got_l, l1, 1e-4, 0.0, "lse " + where);
+      }
+    }
+  }
+}
+
+// q, k, v as views into one fused (B, S, 3, H, D) projection output, out with padded heads.
+TEST(CpuForward, StridedViews) {
+  const int B = 2, S = 75, H = 4, D = 32;
+  RestoreCpuSettings restore;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor qkv = randn({B, S, 3, H, D}, dt);
+    auto part = [&](int which) {
+      TensorView t = TensorView::contiguous(static_cast<char*>(qkv.data()) + which * H * D * dtype_size(dt), dt,
+                                            {B, S, H, D});
+      t.stride = {S * 3 * H * D, 3 * H * D, D, 1};
+      return t;
+    };
+    Tensor out_storage({B, S, H, D + 8}, dt);
+    TensorView out = TensorView::contiguous(out_storage.data(), dt, {B, S, H, D});
+    out.stride = {S * H * (D + 8), H * (D + 8), D + 8, 1};
+    Tensor lse({B, H, S}, DType::f32), ref_out({B, S, H, D}, DType::f64), ref_lse({B, H, S}, DType::f64);
+    ForwardArgs ref{part(0), part(1), part(2), ref_out, ref_lse, {}, {}, {}};
+    ref.params.mask = Mask::causal_mask();
+    attention_forward(ref, Backend::reference);
+    ForwardArgs args = ref;
+    args.out = out;
+    args.lse = lse;
+    for (cpu::Isa isa : cpu::supported_isas()) {
+      cpu::set_isa(isa);
+      test::poison(out);
+      attention_forward(args, Backend::cpu);
+      expect_close(out, ref_out, 1e-5, unit_roundoff(dt), std::string("out ") + cpu::isa_name(isa));
+      expect_close(lse, ref_lse, 1e-5, 0.0, std::string("lse ") + cpu::isa_name(isa));
+    }
+  }
+}
+
+// A workspace sized while the pool had one thread still serves cpu::forward after the pool
+// grew (it uses only the threads the workspace covers; the public entry point instead asks for
+// a workspace of the current size), and concurrent callers do not interfere.
+TEST(CpuForward, WorkspaceSizedForFewerThreadsAndConcurrentCalls) {
+  RestoreCpuSettings restore;
+  Tensor q = randn({1, 1, 8, 64}, DType::f32), k = randn({1, 3000, 2, 64}, DType::f32);
+  Tensor v = randn({1, 3000, 2, 64}, DType::f32);
+  Tensor ref_out({1, 1, 8, 64}, DType::f64);
+  ForwardArgs ref{q, k, v, ref_out, {}, {}, {}, {}};
+  attention_forward(ref, Backend::reference);
+  cpu::set_num_threads(1);
+  Tensor out({1, 1, 8, 64}, DType::f32);
+  ForwardArgs a{q, k, v, out, {}, {}, {}, {}};
+  const detail::AttentionProblem p = detail::resolve_forward(a, Backend::cpu);
+  std::vector<std::byte> ws(cpu::forward_workspace_size(p));
+  cpu::set_num_threads(2);
+  ASSERT_GT(cpu::forward_workspace_size(p), ws.size());
+  test::poison(out);
+  cpu::forward(p, {ws.data(), ws.size()});
+  expect_close(out, ref_out, 1e-5, 0.0, "out after the pool grew");
+
+  Tensor out2({1, 1, 8, 64}, DType::f32);
+  test::poison(out);
+  test::poison(out2);
+  std::thread other([&] {
+    ForwardArgs b = a;
+    b.out = out2;
+    for (int r = 0; r < 20; ++r) attention_forward(b, Backend::cpu);
+  });
+  for (int r = 0; r < 20; ++r) attention_forward(a, Backend::cpu);
+  other.join();
+  expect_close(out, ref_out, 1e-5, 0.0, "out, concurrent caller 1");
+  expect_close(out2, ref_out, 1e-5, 0.0, "out, concurrent caller 2");
+}
+
+TEST(CpuForward, RejectsASmallWorkspace) {
+  Tensor q = randn({1, 8, 2, 16}, DType::f32), k = randn({1, 8, 2, 16}, DType::f32), v = randn({1, 8, 2, 16}, DType::f32);
+  Tensor out({1, 8, 2, 16}, DType::f32);
+  ForwardArgs a{q, k, v, out, {}, {}, {}, {}};
+  const std::size_t need = attention_forward_workspace_size(a, Backend::cpu);
+  ASSERT_GT(need, 0u);
+  std::vector<std::byte> ws(need - 1);
+  EXPECT_THROW(attention_forward(a, {ws.data(), ws.size()}, Backend::cpu), Error);
+}
+
+}  // namespace
+}  // namespace attn
