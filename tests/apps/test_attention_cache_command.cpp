@@ -145,6 +145,14 @@ TEST_F(CacheCommand, CpuPagedMatchesReference) {
   expect_matches_direct(true, "p", 2e-5);
 }
 
+TEST(CacheCommandHelp, ListsTheCacheOptions) {
+  const Result r = run({"--help"});
+  EXPECT_EQ(r.code, 0);
+  for (const char* opt : {"--k-cache", "--v-cache", "--cache-seqlens", "--block-table", "--k-new", "--v-new",
+                          "--k-cache-out", "--v-cache-out"})
+    EXPECT_NE(r.out.find(opt), std::string::npos) << opt;
+}
+
 TEST_F(CacheCommand, BadArgumentsNameTheOption) {
   const auto expect_rejected = [&](cli::Argv args, const std::string& what) {
     const Result r = run(args);
