@@ -90,6 +90,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  reps = std::max(reps, 1);
   if (Hkv == 0) Hkv = H;
   if (Sq == 0) Sq = Sk;
   const attn::DType dt = attn::parse_dtype(dtype);

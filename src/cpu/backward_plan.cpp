@@ -24,16 +24,17 @@ BackwardPlan plan_backward(const detail::BackwardProblem& p, int threads) {
   plan.rows = plan.block_positions * G;
   plan.d_pad = int(round_up(std::size_t(p.head_dim), P::kPad));
   plan.dv_pad = int(round_up(std::size_t(p.head_dim_v), P::kPad));
-  plan.seqlen_q = p.seqlen_q;
   plan.num_query_blocks = (p.seqlen_q + plan.block_positions - 1) / plan.block_positions;
   plan.num_key_blocks = (p.seqlen_k + P::kKeyBlock - 1) / P::kKeyBlock;
-  plan.rows_per_head = std::size_t(p.seqlen_q) * std::size_t(G);
+  const std::size_t tokens_q = p.cu_seqlens_q != nullptr ? std::size_t(p.cu_seqlens_q[p.batch])
+                                                         : std::size_t(p.batch) * std::size_t(p.seqlen_q);
+  plan.total_rows = tokens_q * std::size_t(p.heads_q);
 
   const std::size_t heads = std::size_t(p.batch) * std::size_t(p.heads_kv);
   const std::size_t dp = std::size_t(plan.d_pad), dvp = std::size_t(plan.dv_pad);
   // Chunks give the threads work when (sequence, kv head) alone is too few units; each costs a
   // dQ partial, so they stop at kMaxChunks and at kMaxPartialBytes of partials.
-  const std::size_t partial_bytes = heads * plan.rows_per_head * dp * sizeof(float);
+  const std::size_t partial_bytes = plan.total_rows * dp * sizeof(float);
   if (heads > 0 && plan.num_key_blocks > 1) {
     std::size_t c = (P::kTargetUnits + heads - 1) / heads;
     c = std::min({c, std::size_t(P::kMaxChunks), std::size_t(plan.num_key_blocks)});
@@ -47,7 +48,7 @@ BackwardPlan plan_backward(const detail::BackwardProblem& p, int threads) {
     at = round_up(at + floats, kAlignFloats);
     return offset;
   };
-  const std::size_t rows_all = heads * plan.rows_per_head;
+  const std::size_t rows_all = plan.total_rows;
   plan.q = take(rows_all * dp);
   plan.dout = take(rows_all * dvp);
   plan.lse2 = take(rows_all);

@@ -17,12 +17,13 @@
 // Rows of a tile are (query position, head of the GQA group), position-major: row = i * G + g
 // for query head hkv * G + g, so one K/V block serves the whole group and dK/dV sum over it.
 //
-// Workspace, in floats, 64-byte aligned blocks (SqG = seqlen_q * G, the padded/maximum length):
-//   q      (B, Hkv, SqG, d_pad)    query rows in f32, zero columns past d
-//   dout   (B, Hkv, SqG, dv_pad)   dO rows in f32, zero columns past dv
-//   lse2   (B, Hkv, SqG)           lse * log2(e), +inf for rows that attend to nothing
-//   delta  (B, Hkv, SqG)           D = rowsum(dO * O)
-//   dq     (B, Hkv, chunks, SqG, d_pad)  per-chunk dQ partials (unscaled)
+// Workspace, in floats, 64-byte aligned blocks. Per sequence b, (Hkv, Sq_b * G) rows: its own
+// length, so a packed batch costs its total tokens, not B times the longest sequence.
+//   q      (rows, d_pad)    query rows in f32, zero columns past d
+//   dout   (rows, dv_pad)   dO rows in f32, zero columns past dv
+//   lse2   (rows)           lse * log2(e), +inf for rows that attend to nothing
+//   delta  (rows)           D = rowsum(dO * O)
+//   dq     (B: Hkv, chunks, Sq_b * G, d_pad)  per-chunk dQ partials (unscaled)
 //   per thread: k_t (d x Bc), v_t (dv x Bc)   K and V blocks transposed (zero past the keys)
 //               k (Bc x d_pad)                K block as is (zero columns past d)
 //               dk (Bc x d_pad), dv (Bc x dv_pad)  accumulators
@@ -49,12 +50,11 @@ struct BackwardPlan {
   int block_positions = 1;  ///< query positions per tile
   int rows = 1;             ///< block_positions * group
   int d_pad = 0, dv_pad = 0;
-  int seqlen_q = 0;         ///< padded / maximum query length
   int num_query_blocks = 0;
   int num_key_blocks = 0;   ///< of the longest key sequence
   int chunks = 1;           ///< key chunks per (sequence, kv head)
   int threads = 1;
-  std::size_t rows_per_head = 0;  ///< seqlen_q * group
+  std::size_t total_rows = 0;  ///< query tokens of all sequences x heads_q
 
   std::size_t q = 0, dout = 0, lse2 = 0, delta = 0, dq = 0;  ///< offsets in floats
   std::size_t k_t = 0, v_t = 0, k = 0, dk = 0, dv = 0, s = 0, ds = 0;  ///< offsets within a thread slice

@@ -44,8 +44,12 @@ struct FlashBackward {
   const BackwardPlan& plan;
   float* ws;
 
-  /// First prepared row of (b, kv head): row = i * G + g.
-  std::size_t head_rows(int b, int hkv) const { return (std::size_t(b) * p.heads_kv + hkv) * plan.rows_per_head; }
+  /// First prepared row of (b, kv head); row i * G + g of the head follows.
+  std::size_t head_rows(int b, int hkv) const {
+    const std::size_t first_token =
+        p.cu_seqlens_q != nullptr ? std::size_t(p.cu_seqlens_q[b]) : std::size_t(b) * std::size_t(p.seqlen_q);
+    return (first_token * p.heads_kv + std::size_t(hkv) * std::size_t(p.seqlen_q_of(b))) * plan.group;
+  }
   float* thread_slice(int thread) const { return ws + plan.thread_base + std::size_t(thread) * plan.thread_floats; }
 
   /// Pass 1 on query block (b, kv head, qb): f32 copies of Q and dO, lse2 and D.
@@ -129,11 +133,17 @@ struct FlashBackward {
     }
   }
 
-  /// Zeroes P and dS where the mask forbids (row, key) and past the block's last key.
-  /// Overwrites rather than multiplies, so values there never reach the products.
-  void mask_tile(const GroupMask& gm, int i0, int i1, int j0, int j1, float* s, float* ds) const {
+  /// Zeroes P and dS past the block's last key and, on partial tiles, where the mask forbids
+  /// (row, key). Overwrites rather than multiplies, so values there never reach the products.
+  void mask_tile(const GroupMask& gm, detail::TileKind kind, int i0, int i1, int j0, int j1, float* s,
+                 float* ds) const {
     const int G = plan.group;
-    for (int i = i0; i < i1; ++i)
+    for (int i = i0; i < i1; ++i) {
+      // Keys [lo, hi] may be allowed for position i: one interval when only causal / window
+      // parts are set (the common partial tile: the diagonal), else checked key by key.
+      int lo = j0, hi = j1 - 1;
+      if (kind == detail::TileKind::partial && gm.intervals_only) gm.eval.interval(i + gm.eval.offset(), lo, hi);
+      const bool per_key = kind == detail::TileKind::partial && !gm.intervals_only;
       for (int g = 0; g < G; ++g) {
         const std::size_t r = std::size_t(i - i0) * G + g;
         float* sr = s + r * Bc;
@@ -141,11 +151,12 @@ struct FlashBackward {
         detail::MaskEval e = gm.eval;
         if (gm.per_head) e.head += g;
         for (int j = j0; j < j0 + Bc; ++j)
-          if (j >= j1 || !e.allows(i, j)) {
+          if (j < lo || j > hi || j >= j1 || (per_key && !e.allows(i, j))) {
             sr[j - j0] = 0.0f;
             dsr[j - j0] = 0.0f;
           }
       }
+    }
   }
 
   /// Pass 2 on unit (b, kv head, chunk).
@@ -156,7 +167,7 @@ struct FlashBackward {
     const int sq = p.seqlen_q_of(b), sk = p.seqlen_k_of(b), G = plan.group;
     const int d = p.head_dim, dv = p.head_dim_v, dp = plan.d_pad, dvp = plan.dv_pad;
     const std::size_t base = head_rows(b, hkv);
-    float* dq = ws + plan.dq + (base * plan.chunks + std::size_t(chunk) * plan.rows_per_head) * dp;
+    float* dq = ws + plan.dq + (base * plan.chunks + std::size_t(chunk) * sq * G) * dp;
     fill<V>(dq, std::size_t(sq) * G * dp, 0.0f);
 
     float* slice = thread_slice(thread);
@@ -190,7 +201,7 @@ struct FlashBackward {
         gemm<V, false>(rows, Bc, d, q, dp, k_t, Bc, s, Bc);
         gemm<V, false>(rows, Bc, dv, dout, dvp, v_t, Bc, ds, Bc);
         probabilities_and_ds(s, ds, ws + plan.lse2 + row0, ws + plan.delta + row0, rows);
-        if (kind == detail::TileKind::partial || keys < Bc) mask_tile(gm, i0, i1, j0, j1, s, ds);
+        if (kind == detail::TileKind::partial || keys < Bc) mask_tile(gm, kind, i0, i1, j0, j1, s, ds);
         gemm<V, true, true>(keys, dvp, rows, s, Bc, dout, dvp, dvacc, dvp);
         gemm<V, true, true>(keys, dp, rows, ds, Bc, q, dp, dk, dp);
         gemm<V, true>(rows, dp, keys, ds, Bc, k, dp, dq + std::size_t(i0) * G * dp, dp);
@@ -213,7 +224,7 @@ struct FlashBackward {
     const int i1 = i0 + plan.block_positions < sq ? i0 + plan.block_positions : sq;
     const std::size_t base = head_rows(b, hkv);
     const float* partials = ws + plan.dq + base * plan.chunks * dp;
-    const std::size_t chunk_stride = plan.rows_per_head * dp;
+    const std::size_t chunk_stride = std::size_t(sq) * G * dp;
     T* dq = static_cast<T*>(p.dq);
     float sum[256];  // d_pad <= 256: head dims are at most 256 and 256 is a panel multiple
     for (int i = i0; i < i1; ++i)

@@ -3,7 +3,8 @@
 // Shape letters: G query heads per kv head, d / dv head dims, Bc keys per tile (64),
 // R rows per tile = query positions x G (position-major), Rp = R padded to the gemm panel.
 //
-// Per work unit (forward_plan.hpp) and per key tile in the unit's key range:
+// Per work unit (forward_plan.hpp), per key tile in the unit's key range and per kv head of
+// the unit (decode units take several):
 //   s^T (Bc x Rp) = K_tile (Bc x d) · q_t (d x Rp)      -- gemm, K rows used as they are
 //                                                       (dot products when R is tiny: decode)
 //   soft-cap, mask (partial tiles only), then per row (a column of s^T, so the SIMD lanes run
@@ -81,15 +82,22 @@ inline V tanh_approx(V x) {
   return V::copysign(V::select_less(ax, V::set1(0.25f), near, far), x);
 }
 
-/// The state of one work unit: its place in the problem and its slice of the workspace.
+/// One work unit: its place in the problem and the shared K / V / score tiles of its thread.
 struct ForwardUnit {
-  int b, hkv, i0, i1;  ///< sequence, kv head, query positions [i0, i1)
+  int b, hkv0, heads;  ///< sequence, first kv head, kv heads in the unit
+  int i0, i1;          ///< query positions [i0, i1)
   int seqlen_q, seqlen_k;
-  int rows;            ///< (i1 - i0) * G
-  float* q_t;
+  int rows;            ///< (i1 - i0) * G, per kv head
   float* k;
   float* v;
   float* s;
+  float* head_state;   ///< heads x ForwardPlan::head_floats
+};
+
+/// The running state of one kv head of a unit: query tile, output and softmax statistics.
+struct HeadTile {
+  int hkv;
+  float* q_t;
   float* o;
   float* row_max;
   float* row_sum;
@@ -102,42 +110,44 @@ struct FlashForward {
   const ForwardPlan& plan;
   std::byte* workspace;
 
-  float* thread_slice(int thread) const {
-    return reinterpret_cast<float*>(workspace) + std::size_t(thread) * plan.thread_floats;
+  HeadTile head_tile(const ForwardUnit& u, int index) const {
+    float* base = u.head_state + std::size_t(index) * plan.head_floats;
+    return {u.hkv0 + index, base + plan.q_t, base + plan.o, base + plan.row_max, base + plan.row_sum,
+            base + plan.rescale};
   }
 
   /// q_t(e, row) = q(row)[e] * scale, with zero columns for padding rows; or, for
   /// scores_by_dot, the rows as they are: q_t[row * d + e].
-  void load_query_tile(const ForwardUnit& u, float query_scale) const {
+  void load_query_tile(const ForwardUnit& u, const HeadTile& h, float query_scale) const {
     const int G = plan.group, d = p.head_dim, ld = plan.rows_pad;
     const T* q = static_cast<const T*>(p.q);
     float row[256];
     for (int i = u.i0; i < u.i1; ++i)
       for (int g = 0; g < G; ++g) {
         const int r = (i - u.i0) * G + g;
-        const T* src = q + p.q_layout.offset(u.b, i, u.hkv * G + g);
+        const T* src = q + p.q_layout.offset(u.b, i, h.hkv * G + g);
         if (plan.scores_by_dot) {
-          load_row<V>(src, u.q_t + std::ptrdiff_t(r) * d, d, query_scale);
+          load_row<V>(src, h.q_t + std::ptrdiff_t(r) * d, d, query_scale);
           continue;
         }
         load_row<V>(src, row, d, query_scale);
-        for (int e = 0; e < d; ++e) u.q_t[std::ptrdiff_t(e) * ld + r] = row[e];
+        for (int e = 0; e < d; ++e) h.q_t[std::ptrdiff_t(e) * ld + r] = row[e];
       }
     if (plan.scores_by_dot) return;
     for (int e = 0; e < d; ++e)
-      for (int r = u.rows; r < ld; ++r) u.q_t[std::ptrdiff_t(e) * ld + r] = 0.0f;
+      for (int r = u.rows; r < ld; ++r) h.q_t[std::ptrdiff_t(e) * ld + r] = 0.0f;
   }
 
   /// s^T(j, row) = k_j . q_row for a tile of few rows: one vector of products per (key, row)
   /// and a horizontal sum, instead of a gemm whose panel would be mostly padding. Padding
   /// rows get 0 so the softmax never meets stale workspace values.
-  void scores_by_dot(const ForwardUnit& u, int keys) const {
+  void scores_by_dot(const ForwardUnit& u, const HeadTile& h, int keys) const {
     const int d = p.head_dim, ld = plan.rows_pad;
     for (int j = 0; j < keys; ++j) {
       const float* kj = u.k + std::ptrdiff_t(j) * d;
       float* sj = u.s + std::ptrdiff_t(j) * ld;
       for (int r = 0; r < u.rows; ++r) {
-        const float* qr = u.q_t + std::ptrdiff_t(r) * d;
+        const float* qr = h.q_t + std::ptrdiff_t(r) * d;
         V acc0 = V::zero(), acc1 = V::zero();  // two chains: FMA latency, not throughput, bounds one
         int e = 0;
         for (; e + 2 * V::width <= d; e += 2 * V::width) {
@@ -154,26 +164,26 @@ struct FlashForward {
     }
   }
 
-  /// K rows [j0, j1) into k (Bc x d), V rows into v (Bc x dv_pad, zero padding columns).
-  /// Reads through the TokenLayout, so padded, packed and paged caches look the same.
+  /// K rows [j0, j1) of kv head hkv into k (Bc x d), V rows into v (Bc x dv_pad, zero padding
+  /// columns). Reads through the TokenLayout, so padded, packed and paged caches look the same.
   /// Rows sit heads * dim apart (a page or more for big models), so hardware prefetchers do
   /// not follow them: each row loaded also asks for the row one tile ahead (below
   /// `prefetch_end`), so the next tile's misses overlap this tile's arithmetic.
-  void load_kv_tile(const ForwardUnit& u, int j0, int j1, int prefetch_end) const {
+  void load_kv_tile(const ForwardUnit& u, int hkv, int j0, int j1, int prefetch_end) const {
     constexpr int kLine = 64, Bc = ForwardPlan::kKeyBlock;
     const int d = p.head_dim, dv = p.head_dim_v, dvp = plan.dv_pad;
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
     for (int j = j0; j < j1; ++j) {
       if (j + Bc < prefetch_end) {
-        const char* krow = reinterpret_cast<const char*>(k + p.k_layout.offset(u.b, j + Bc, u.hkv));
-        const char* vrow = reinterpret_cast<const char*>(v + p.v_layout.offset(u.b, j + Bc, u.hkv));
+        const char* krow = reinterpret_cast<const char*>(k + p.k_layout.offset(u.b, j + Bc, hkv));
+        const char* vrow = reinterpret_cast<const char*>(v + p.v_layout.offset(u.b, j + Bc, hkv));
         for (int e = 0; e < d * int(sizeof(T)); e += kLine) __builtin_prefetch(krow + e);
         for (int e = 0; e < dv * int(sizeof(T)); e += kLine) __builtin_prefetch(vrow + e);
       }
-      load_row<V>(k + p.k_layout.offset(u.b, j, u.hkv), u.k + std::ptrdiff_t(j - j0) * d, d, 1.0f);
+      load_row<V>(k + p.k_layout.offset(u.b, j, hkv), u.k + std::ptrdiff_t(j - j0) * d, d, 1.0f);
       float* vrow = u.v + std::ptrdiff_t(j - j0) * dvp;
-      load_row<V>(v + p.v_layout.offset(u.b, j, u.hkv), vrow, dv, 1.0f);
+      load_row<V>(v + p.v_layout.offset(u.b, j, hkv), vrow, dv, 1.0f);
       for (int e = dv; e < dvp; ++e) vrow[e] = 0.0f;
     }
   }
@@ -189,13 +199,13 @@ struct FlashForward {
   /// Online softmax over one score tile (keys x Rp, key-major), probabilities written in place.
   /// A row whose maximum is still -inf uses 0 as its reference, so 2^(-inf - ref) = 0 and
   /// never NaN; its alpha is 0 too (its o and l are 0 anyway).
-  void online_softmax(const ForwardUnit& u, int keys) const {
+  void online_softmax(const ForwardUnit& u, const HeadTile& h, int keys) const {
     const int ld = plan.rows_pad;
     const V minus_inf = V::set1(kMinusInf), zero = V::zero();
     for (int c = 0; c < ld; c += V::width) {
       V tile_max = minus_inf;
       for (int j = 0; j < keys; ++j) tile_max = V::max(tile_max, V::load(u.s + std::ptrdiff_t(j) * ld + c));
-      const V old_max = V::load(u.row_max + c);
+      const V old_max = V::load(h.row_max + c);
       const V new_max = V::max(old_max, tile_max);
       const V reference = V::select_equal(new_max, minus_inf, zero, new_max);
       const V alpha = V::exp2(old_max - reference);
@@ -206,63 +216,68 @@ struct FlashForward {
         prob.store(sj);
         sum = sum + prob;
       }
-      V::fma(V::load(u.row_sum + c), alpha, sum).store(u.row_sum + c);
-      new_max.store(u.row_max + c);
-      alpha.store(u.rescale + c);
+      V::fma(V::load(h.row_sum + c), alpha, sum).store(h.row_sum + c);
+      new_max.store(h.row_max + c);
+      alpha.store(h.rescale + c);
     }
   }
 
   /// o(row) *= rescale(row); skipped for rows whose maximum did not move.
-  void rescale_output(const ForwardUnit& u) const {
+  void rescale_output(const ForwardUnit& u, const HeadTile& h) const {
     const int dvp = plan.dv_pad;
     for (int r = 0; r < u.rows; ++r) {
-      const float alpha = u.rescale[r];
+      const float alpha = h.rescale[r];
       if (alpha == 1.0f) continue;
-      float* o = u.o + std::ptrdiff_t(r) * dvp;
+      float* o = h.o + std::ptrdiff_t(r) * dvp;
       const V a = V::set1(alpha);
       for (int e = 0; e < dvp; e += V::width) (V::load(o + e) * a).store(o + e);
     }
   }
 
-  /// Runs key tiles [tile_begin, tile_end) of the unit's range, leaving o unnormalised and
-  /// row_max / row_sum in base 2.
-  void run_tiles(const ForwardUnit& u, const GroupMask& gm, int lo, int hi, int tile_begin, int tile_end) const {
+  /// Runs key tiles [tile_begin, tile_end) of the unit's range for every kv head of the unit,
+  /// leaving o unnormalised and row_max / row_sum in base 2. Heads are the inner loop so the
+  /// unit reads whole tokens (all its heads' rows, adjacent in memory) tile after tile.
+  void run_tiles(const ForwardUnit& u, int lo, int hi, int tile_begin, int tile_end) const {
     constexpr int Bc = ForwardPlan::kKeyBlock;
     const int d = p.head_dim, rp = plan.rows_pad, dvp = plan.dv_pad;
     const int first = lo / Bc * Bc;  // tiles aligned to multiples of Bc (matches block layouts)
+    const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
     for (int t = tile_begin; t < tile_end; ++t) {
       const int j0 = first + t * Bc > lo ? first + t * Bc : lo;
       const int j1 = first + (t + 1) * Bc < hi ? first + (t + 1) * Bc : hi;
       if (j0 >= j1) continue;
-      const detail::TileKind kind = classify_group_tile(gm, u.i0, u.i1, j0, j1);
-      if (kind == detail::TileKind::empty) continue;
       const int keys = j1 - j0;
-      const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
-      load_kv_tile(u, j0, j1, range_end);
-      if (plan.scores_by_dot)
-        scores_by_dot(u, keys);
-      else if (rp % kPanel<V> == 0)
-        gemm<V, false>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
-      else
-        gemm<V, false, false, 1>(keys, rp, d, u.k, d, u.q_t, rp, u.s, rp);
-      if (p.softcap > 0.0f) soft_cap(u.s, keys);
-      if (kind == detail::TileKind::partial) mask_group_tile(gm, u.i0, u.i1, j0, j1, u.s, rp);
-      online_softmax(u, keys);
-      rescale_output(u);
-      gemm<V, true, true>(u.rows, dvp, keys, u.s, rp, u.v, dvp, u.o, dvp);
+      for (int index = 0; index < u.heads; ++index) {
+        const HeadTile h = head_tile(u, index);
+        const GroupMask gm = group_mask(p, u.seqlen_q, u.seqlen_k, h.hkv);
+        const detail::TileKind kind = classify_group_tile(gm, u.i0, u.i1, j0, j1);
+        if (kind == detail::TileKind::empty) continue;
+        load_kv_tile(u, h.hkv, j0, j1, range_end);
+        if (plan.scores_by_dot)
+          scores_by_dot(u, h, keys);
+        else if (rp % kPanel<V> == 0)
+          gemm<V, false>(keys, rp, d, u.k, d, h.q_t, rp, u.s, rp);
+        else
+          gemm<V, false, false, 1>(keys, rp, d, u.k, d, h.q_t, rp, u.s, rp);
+        if (p.softcap > 0.0f) soft_cap(u.s, keys);
+        if (kind == detail::TileKind::partial) mask_group_tile(gm, u.i0, u.i1, j0, j1, u.s, rp);
+        online_softmax(u, h, keys);
+        rescale_output(u, h);
+        gemm<V, true, true>(u.rows, dvp, keys, u.s, rp, u.v, dvp, h.o, dvp);
+      }
     }
   }
 
   /// Final output and lse of one row: o / l, and (m + log2 l) * ln 2; a row that attended to
   /// nothing (l = 0) gets 0 and -inf.
-  void write_row(const ForwardUnit& u, int r) const {
+  void write_row(const ForwardUnit& u, const HeadTile& h, int r) const {
     const int G = plan.group;
-    const int i = u.i0 + r / G, h = u.hkv * G + r % G;
-    const float l = u.row_sum[r];
-    T* out = static_cast<T*>(p.out) + p.out_layout.offset(u.b, i, h);
-    store_row<V>(u.o + std::ptrdiff_t(r) * plan.dv_pad, out, p.head_dim_v, l > 0.0f ? 1.0f / l : 0.0f);
+    const int i = u.i0 + r / G, head = h.hkv * G + r % G;
+    const float l = h.row_sum[r];
+    T* out = static_cast<T*>(p.out) + p.out_layout.offset(u.b, i, head);
+    store_row<V>(h.o + std::ptrdiff_t(r) * plan.dv_pad, out, p.head_dim_v, l > 0.0f ? 1.0f / l : 0.0f);
     if (p.lse != nullptr)
-      p.lse[p.lse_layout.offset(u.b, i, h)] = l > 0.0f ? (u.row_max[r] + log2_of(l)) * kLn2 : kMinusInf;
+      p.lse[p.lse_layout.offset(u.b, i, head)] = l > 0.0f ? (h.row_max[r] + log2_of(l)) * kLn2 : kMinusInf;
   }
 
   /// log2 for the finalisation (a few calls per row): exponent bits plus a short series,
@@ -284,38 +299,41 @@ struct FlashForward {
     return float(exponent) + 2.0f * kLog2e * z * series;
   }
 
+  /// Base index = (b, kv head group, query block), query block fastest.
   ForwardUnit unit_at(std::int64_t base_index, int thread) const {
     ForwardUnit u{};
-    const int nqb = plan.num_query_blocks;
+    const int nqb = plan.num_query_blocks, head_groups = p.heads_kv / plan.heads_per_unit;
     const int qb = int(base_index % nqb);
-    u.hkv = int(base_index / nqb % p.heads_kv);
-    u.b = int(base_index / nqb / p.heads_kv);
+    u.heads = plan.heads_per_unit;
+    u.hkv0 = int(base_index / nqb % head_groups) * u.heads;
+    u.b = int(base_index / nqb / head_groups);
     u.seqlen_q = p.seqlen_q_of(u.b);
     u.seqlen_k = p.seqlen_k_of(u.b);
     u.i0 = qb * plan.block_positions;
     u.i1 = u.i0 + plan.block_positions < u.seqlen_q ? u.i0 + plan.block_positions : u.seqlen_q;
     u.rows = u.i1 > u.i0 ? (u.i1 - u.i0) * plan.group : 0;
-    float* ws = thread_slice(thread);
-    u.q_t = ws + plan.q_t;
+    float* ws = reinterpret_cast<float*>(workspace) + std::size_t(thread) * plan.thread_floats;
     u.k = ws + plan.k;
     u.v = ws + plan.v;
     u.s = ws + plan.s;
-    u.o = ws + plan.o;
-    u.row_max = ws + plan.row_max;
-    u.row_sum = ws + plan.row_sum;
-    u.rescale = ws + plan.rescale;
+    u.head_state = ws + plan.head_state;
     return u;
   }
 
-  /// One work unit: base index (b, kv head, query block) and key chunk `split`.
+  /// Row r of kv head `index` of a unit in the split partials.
+  std::size_t partial_row(std::int64_t unit_index, int index, int r) const {
+    return (std::size_t(unit_index) * plan.heads_per_unit + std::size_t(index)) * plan.rows + std::size_t(r);
+  }
+
+  /// One work unit: base index (b, kv head group, query block) and key chunk `split`.
   void run_unit(std::int64_t unit_index, int thread) const {
     const std::int64_t base_index = unit_index / plan.splits;
     const int split = int(unit_index % plan.splits);
     const ForwardUnit u = unit_at(base_index, thread);
     if (u.rows == 0) return;  // query block past this sequence's end
-    const GroupMask gm = group_mask(p, u.seqlen_q, u.seqlen_k, u.hkv);
+    // The key range depends on the interval parts and globals only, not on the head.
     int lo = 0, hi = 0;
-    if (u.seqlen_k > 0) group_key_range(gm, u.i0, u.i1, lo, hi);
+    if (u.seqlen_k > 0) group_key_range(group_mask(p, u.seqlen_q, u.seqlen_k, u.hkv0), u.i0, u.i1, lo, hi);
     constexpr int Bc = ForwardPlan::kKeyBlock;
     const int num_tiles = hi > lo ? (hi - 1) / Bc - lo / Bc + 1 : 0;
     const int tile_begin = int(std::int64_t(num_tiles) * split / plan.splits);
@@ -323,64 +341,74 @@ struct FlashForward {
 
     // Base 2 scores: log2(e) joins the scale unless the soft-cap needs the natural scores.
     const float query_scale = p.softcap > 0.0f ? p.scale : p.scale * kLog2e;
-    fill<V>(u.o, std::size_t(plan.rows_pad) * plan.dv_pad, 0.0f);
-    fill<V>(u.row_max, std::size_t(plan.rows_pad), kMinusInf);
-    fill<V>(u.row_sum, std::size_t(plan.rows_pad), 0.0f);
-    if (tile_begin < tile_end) {
-      load_query_tile(u, query_scale);
-      run_tiles(u, gm, lo, hi, tile_begin, tile_end);
+    for (int index = 0; index < u.heads; ++index) {
+      const HeadTile h = head_tile(u, index);
+      fill<V>(h.o, std::size_t(plan.rows_pad) * plan.dv_pad, 0.0f);
+      fill<V>(h.row_max, std::size_t(plan.rows_pad), kMinusInf);
+      fill<V>(h.row_sum, std::size_t(plan.rows_pad), 0.0f);
+      if (tile_begin < tile_end) load_query_tile(u, h, query_scale);
     }
-    if (plan.splits == 1) {
-      for (int r = 0; r < u.rows; ++r) write_row(u, r);
-      return;
-    }
-    // Partial of this chunk: normalised output and base-2 log-sum-exp (-inf when empty).
+    if (tile_begin < tile_end) run_tiles(u, lo, hi, tile_begin, tile_end);
+
     const int dv = p.head_dim_v;
     float* partial_o = reinterpret_cast<float*>(workspace) + plan.partial_o;
     float* partial_lse = reinterpret_cast<float*>(workspace) + plan.partial_lse;
-    for (int r = 0; r < u.rows; ++r) {
-      const float l = u.row_sum[r];
-      const std::size_t row = std::size_t(unit_index) * plan.rows + r;
-      store_row<V>(u.o + std::ptrdiff_t(r) * plan.dv_pad, partial_o + row * dv, dv, l > 0.0f ? 1.0f / l : 0.0f);
-      partial_lse[row] = l > 0.0f ? u.row_max[r] + log2_of(l) : kMinusInf;
+    for (int index = 0; index < u.heads; ++index) {
+      const HeadTile h = head_tile(u, index);
+      for (int r = 0; r < u.rows; ++r) {
+        if (plan.splits == 1) {
+          write_row(u, h, r);
+          continue;
+        }
+        // Partial of this chunk: normalised output and base-2 log-sum-exp (-inf when empty).
+        const float l = h.row_sum[r];
+        const std::size_t row = partial_row(unit_index, index, r);
+        store_row<V>(h.o + std::ptrdiff_t(r) * plan.dv_pad, partial_o + row * dv, dv, l > 0.0f ? 1.0f / l : 0.0f);
+        partial_lse[row] = l > 0.0f ? h.row_max[r] + log2_of(l) : kMinusInf;
+      }
     }
   }
 
-  /// Merges the chunks of base unit (b, kv head, query block): o = sum_c 2^(lse_c - lse) o_c,
-  /// lse = log2 sum_c 2^lse_c, reusing the thread's o tile for the sum.
+  /// Merges the chunks of base unit (b, kv head group, query block): o = sum_c 2^(lse_c - lse)
+  /// o_c, lse = log2 sum_c 2^lse_c, reusing the thread's head tiles for the sums.
   void combine_unit(std::int64_t base_index, int thread) const {
-    ForwardUnit u = unit_at(base_index, thread);
+    const ForwardUnit u = unit_at(base_index, thread);
     if (u.rows == 0) return;
     const int dv = p.head_dim_v, splits = plan.splits;
     const float* partial_o = reinterpret_cast<const float*>(workspace) + plan.partial_o;
     const float* partial_lse = reinterpret_cast<const float*>(workspace) + plan.partial_lse;
-    for (int r = 0; r < u.rows; ++r) {
-      float best = kMinusInf;
-      for (int c = 0; c < splits; ++c) {
-        const float lse = partial_lse[std::size_t(base_index * splits + c) * plan.rows + r];
-        best = lse > best ? lse : best;
-      }
-      float* o = u.o + std::ptrdiff_t(r) * plan.dv_pad;
-      fill<V>(o, std::size_t(plan.dv_pad), 0.0f);
-      float sum = 0.0f;
-      if (best != kMinusInf) {
+    for (int index = 0; index < u.heads; ++index) {
+      const HeadTile h = head_tile(u, index);
+      for (int r = 0; r < u.rows; ++r) {
+        float best = kMinusInf;
         for (int c = 0; c < splits; ++c) {
-          const std::size_t row = std::size_t(base_index * splits + c) * plan.rows + r;
-          const float weight = V::exp2(V::set1(partial_lse[row] - best)).reduce_max();
-          if (weight == 0.0f) continue;
-          sum += weight;
-          const V w = V::set1(weight);
-          const float* src = partial_o + row * dv;
-          int e = 0;
-          for (; e + V::width <= dv; e += V::width) V::fma(w, V::load(src + e), V::load(o + e)).store(o + e);
-          if (e < dv) V::fma(w, V::load_n(src + e, dv - e), V::load(o + e)).store(o + e);
+          const float lse = partial_lse[partial_row(base_index * splits + c, index, r)];
+          best = lse > best ? lse : best;
         }
+        float* o = h.o + std::ptrdiff_t(r) * plan.dv_pad;
+        fill<V>(o, std::size_t(plan.dv_pad), 0.0f);
+        float sum = 0.0f;
+        if (best != kMinusInf) {
+          for (int c = 0; c < splits; ++c) {
+            const std::size_t row = partial_row(base_index * splits + c, index, r);
+            // exp2 through the vector type: no libm code is shared across ISAs.
+            const float weight = V::exp2(V::set1(partial_lse[row] - best)).reduce_max();
+            if (weight == 0.0f) continue;
+            sum += weight;
+            const V w = V::set1(weight);
+            const float* src = partial_o + row * dv;
+            int e = 0;
+            for (; e + V::width <= dv; e += V::width) V::fma(w, V::load(src + e), V::load(o + e)).store(o + e);
+            if (e < dv) V::fma(w, V::load_n(src + e, dv - e), V::load(o + e)).store(o + e);
+          }
+        }
+        // write_row divides by l and adds log2 l to m: o is already normalised per chunk,
+        // so l = the sum of weights and m = the largest chunk lse.
+        h.row_sum[r] = sum;
+        h.row_max[r] = best;
+        write_row(u, h, r);
       }
-      // Reuse write_row: o is already normalised per chunk, so l = sum and m = best.
-      u.row_sum[r] = sum;
-      u.row_max[r] = best;
     }
-    for (int r = 0; r < u.rows; ++r) write_row(u, r);
   }
 
   void run() const {

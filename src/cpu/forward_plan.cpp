@@ -25,9 +25,22 @@ ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int pan
   plan.scores_by_dot = plan.rows * 2 <= width;
   plan.num_query_blocks = (p.seqlen_q + plan.block_positions - 1) / plan.block_positions;
 
+  // Decode-like units gather kv heads up to ~kTileRows rows in all (see forward_plan.hpp).
+  // From rows, not rows_pad, so the choice does not depend on the ISA (workspace sizing).
+  if (plan.num_query_blocks == 1) {
+    const int most = std::max(1, std::min({p.heads_kv, ForwardPlan::kTileRows / plan.rows,
+                                           ForwardPlan::kMaxHeadsPerUnit}));
+    for (int h = most; h >= 1; --h)
+      if (p.heads_kv % h == 0) {
+        plan.heads_per_unit = h;
+        break;
+      }
+  }
+
   // Split the keys when fewer than ~4 units per thread would exist otherwise, keeping chunks
   // of at least kMinKeysPerSplit keys so the combine stays cheap next to the chunk's work.
-  const std::int64_t base_units = std::int64_t(p.batch) * p.heads_kv * plan.num_query_blocks;
+  const std::int64_t base_units =
+      std::int64_t(p.batch) * (p.heads_kv / plan.heads_per_unit) * plan.num_query_blocks;
   const std::int64_t wanted = 4 * std::int64_t(plan.threads);
   if (base_units > 0 && base_units < wanted) {
     const std::int64_t by_threads = (wanted + base_units - 1) / base_units;
@@ -45,19 +58,24 @@ ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int pan
     return offset;
   };
   plan.q_t = take(d * rp);
-  plan.k = take(bc * d);
-  plan.v = take(bc * dvp);
-  plan.s = take(bc * rp);
   plan.o = take(rp * dvp);
   plan.row_max = take(rp);
   plan.row_sum = take(rp);
   plan.rescale = take(rp);
+  plan.head_floats = at;
+
+  at = 0;
+  plan.k = take(bc * d);
+  plan.v = take(bc * dvp);
+  plan.s = take(bc * rp);
+  plan.head_state = take(plan.head_floats * std::size_t(plan.heads_per_unit));
   plan.thread_floats = at;
 
   at = plan.thread_floats * std::size_t(plan.threads);
   if (plan.splits > 1) {
-    plan.partial_o = take(std::size_t(plan.num_units) * std::size_t(plan.rows) * std::size_t(p.head_dim_v));
-    plan.partial_lse = take(std::size_t(plan.num_units) * std::size_t(plan.rows));
+    const std::size_t rows = std::size_t(plan.num_units) * std::size_t(plan.heads_per_unit) * std::size_t(plan.rows);
+    plan.partial_o = take(rows * std::size_t(p.head_dim_v));
+    plan.partial_lse = take(rows);
   }
   plan.workspace_bytes = at * sizeof(float);
   return plan;

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "attn/half.hpp"
 #include "cpu/isa.hpp"
 #include "problem.hpp"
 
@@ -24,6 +25,11 @@ struct Kernels {
   int vector_width;
   /// y[i] = 2^x[i] with the ISA's Vec::exp2 (tests measure its accuracy).
   void (*exp2)(const float* x, float* y, std::int64_t n);
+  /// Storage conversions with the ISA's Vec (tests compare them bit for bit with half.hpp).
+  void (*f32_to_f16)(const float* x, half_t* y, std::int64_t n);
+  void (*f32_to_bf16)(const float* x, bfloat16_t* y, std::int64_t n);
+  void (*f16_to_f32)(const half_t* x, float* y, std::int64_t n);
+  void (*bf16_to_f32)(const bfloat16_t* x, float* y, std::int64_t n);
   /// The tiled forward (flash_forward.hpp) on a plan from plan_forward; `workspace` holds
   /// plan.workspace_bytes, 64-byte aligned.
   void (*forward)(const detail::AttentionProblem& p, const ForwardPlan& plan, std::byte* workspace);

@@ -17,7 +17,8 @@
 namespace attn::cpu {
 
 int num_threads();
-/// n >= 1; throws attn::Error otherwise. Waits for a running loop to finish.
+/// n >= 1; throws attn::Error otherwise. Waits for a running loop to finish, so it must not
+/// be called from inside a task.
 void set_num_threads(int n);
 
 using TaskFn = void (*)(void* context, std::int64_t index, int thread);

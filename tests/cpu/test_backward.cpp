@@ -1,5 +1,5 @@
 // The CPU backward against the float64 reference backward, on every ISA this CPU supports,
-// with one and two threads: dtypes, head dims, GQA, every mask part, soft-cap, varlen,
+// with one and two threads: dtypes, head dims, GQA, every mask part, soft-cap, varlen, strided views,
 // fully masked rows, huge logits; and bitwise determinism across runs and thread counts.
 //
 // out and lse come from the reference forward (stored as the kernel would get them), so these
@@ -17,7 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "attn/attention.hpp"
-#include "cpu/backward_plan.hpp"
+#include "cpu/backend.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
 #include "support/random.hpp"
@@ -63,13 +63,6 @@ struct RestoreCpuSettings {
   }
 };
 
-/// The CPU backward on a workspace it sizes, called below the dispatch layer so these tests
-/// stand on their own while backend.cpp is being wired.
-void cpu_backward(const BackwardArgs& a) {
-  const detail::BackwardProblem p = detail::resolve_backward(a, Backend::cpu);
-  std::vector<std::byte> ws(cpu::flash_backward_workspace_size(p));
-  cpu::flash_backward_run(p, {ws.data(), ws.size()});
-}
 
 std::vector<std::byte> bytes_of(const Tensor& t) {
   std::vector<std::byte> out(t.view().nbytes());
@@ -137,7 +130,7 @@ void run_case(const Case& c) {
       cpu::set_isa(isa);
       cpu::set_num_threads(threads);
       for (const Tensor* t : {&dq, &dk, &dvt}) test::poison(*t);
-      cpu_backward(args);
+      attention_backward(args, Backend::cpu);
       const std::string where = std::string(cpu::isa_name(isa)) + " threads=" + std::to_string(threads);
       const double u = unit_roundoff(c.dtype);
       expect_close(dq, ref_dq, c.tol, u, "dq " + where);
@@ -291,6 +284,10 @@ TEST(CpuBackward, ScaleSoftcapAndHugeLogits) {
   huge.tol = 1e-3;
   huge.mask.causal = true;
   run_case(huge);
+  Case huge_capped = huge;  // capped at 30: the rounding of |s| ~ 100 is damped by 1 - tanh^2
+  huge_capped.softcap = 30.0f;
+  huge_capped.tol = 1e-5;
+  run_case(huge_capped);
 }
 
 TEST(CpuBackward, ManyKeyChunks) {
@@ -300,6 +297,87 @@ TEST(CpuBackward, ManyKeyChunks) {
   c.seqlen_k = 700;
   c.head_dim = 16;
   run_case(c);
+}
+
+TEST(CpuBackward, CallerWorkspace) {
+  Tensor q = randn({1, 40, 2, 16}, DType::f32), k = randn({1, 300, 1, 16}, DType::f32);
+  Tensor v = randn({1, 300, 1, 16}, DType::f32), dout = randn({1, 40, 2, 16}, DType::f32);
+  Tensor out({1, 40, 2, 16}, DType::f32), lse({1, 2, 40}, DType::f32);
+  attention_forward(ForwardArgs{q, k, v, out, lse, {}, {}, {}}, Backend::cpu);
+  Tensor dq({1, 40, 2, 16}, DType::f32), dk({1, 300, 1, 16}, DType::f32), dv({1, 300, 1, 16}, DType::f32);
+  const BackwardArgs args{q, k, v, out, dout, lse, dq, dk, dv, {}, {}, {}};
+  const std::size_t bytes = attention_backward_workspace_size(args, Backend::cpu);
+  std::vector<std::byte> ws(bytes);
+  test::poison(dq);
+  EXPECT_THROW(attention_backward(args, {ws.data(), bytes - 1}, Backend::cpu), Error);
+  attention_backward(args, {ws.data(), bytes}, Backend::cpu);
+  Tensor ref_dq({1, 40, 2, 16}, DType::f64), ref_dk({1, 300, 1, 16}, DType::f64), ref_dv({1, 300, 1, 16}, DType::f64);
+  attention_backward(BackwardArgs{q, k, v, out, dout, lse, ref_dq, ref_dk, ref_dv, {}, {}, {}}, Backend::reference);
+  expect_close(dq, ref_dq, 1e-5, 0.0, "dq");
+  expect_close(dk, ref_dk, 1e-5, 0.0, "dk");
+  expect_close(dv, ref_dv, 1e-5, 0.0, "dv");
+}
+
+// q, k, v as views into one fused (B, S, 3, H, D) projection, and dq, dk, dv into one fused
+// gradient (as a training step lays them out); dout with padded heads.
+TEST(CpuBackward, StridedViews) {
+  const int B = 2, S = 75, H = 4, D = 32;
+  RestoreCpuSettings restore;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Tensor qkv = randn({B, S, 3, H, D}, dt), dqkv({B, S, 3, H, D}, dt), dout_storage = randn({B, S, H, D + 8}, dt);
+    auto part = [&](const Tensor& fused, int which) {
+      TensorView t = TensorView::contiguous(static_cast<char*>(fused.data()) + which * H * D * dtype_size(dt), dt,
+                                            {B, S, H, D});
+      t.stride = {S * 3 * H * D, 3 * H * D, D, 1};
+      return t;
+    };
+    TensorView dout = TensorView::contiguous(dout_storage.data(), dt, {B, S, H, D});
+    dout.stride = {S * H * (D + 8), H * (D + 8), D + 8, 1};
+    Tensor ref_out({B, S, H, D}, DType::f64), ref_lse({B, H, S}, DType::f64);
+    ForwardArgs fwd{part(qkv, 0), part(qkv, 1), part(qkv, 2), ref_out, ref_lse, {}, {}, {}};
+    fwd.params.mask = Mask::causal_mask();
+    attention_forward(fwd, Backend::reference);
+    const Tensor out = convert(ref_out, dt), lse = convert(ref_lse, DType::f32);
+    Tensor ref_dq({B, S, H, D}, DType::f64), ref_dk({B, S, H, D}, DType::f64), ref_dv({B, S, H, D}, DType::f64);
+    attention_backward(BackwardArgs{part(qkv, 0), part(qkv, 1), part(qkv, 2), out, dout, lse, ref_dq, ref_dk, ref_dv,
+                                    {}, {}, fwd.params},
+                       Backend::reference);
+    const BackwardArgs args{part(qkv, 0), part(qkv, 1), part(qkv, 2), out, dout, lse, part(dqkv, 0), part(dqkv, 1),
+                            part(dqkv, 2), {}, {}, fwd.params};
+    for (cpu::Isa isa : cpu::supported_isas()) {
+      cpu::set_isa(isa);
+      test::poison(dqkv);
+      attention_backward(args, Backend::cpu);
+      const std::string where = std::string(" ") + cpu::isa_name(isa) + " " + dtype_name(dt);
+      expect_close(args.dq, ref_dq, 1e-5, unit_roundoff(dt), "dq" + where);
+      expect_close(args.dk, ref_dk, 1e-5, unit_roundoff(dt), "dk" + where);
+      expect_close(args.dv, ref_dv, 1e-5, unit_roundoff(dt), "dv" + where);
+    }
+  }
+}
+
+// A workspace sized while the pool had one thread still serves cpu::backward after the pool
+// grew: it runs on the threads the workspace covers.
+TEST(CpuBackward, WorkspaceSizedForFewerThreads) {
+  RestoreCpuSettings restore;
+  Tensor q = randn({1, 40, 2, 16}, DType::f32), k = randn({1, 300, 1, 16}, DType::f32);
+  Tensor v = randn({1, 300, 1, 16}, DType::f32), dout = randn({1, 40, 2, 16}, DType::f32);
+  Tensor out({1, 40, 2, 16}, DType::f32), lse({1, 2, 40}, DType::f32);
+  attention_forward(ForwardArgs{q, k, v, out, lse, {}, {}, {}}, Backend::reference);
+  Tensor dq({1, 40, 2, 16}, DType::f32), dk({1, 300, 1, 16}, DType::f32), dv({1, 300, 1, 16}, DType::f32);
+  Tensor ref_dq({1, 40, 2, 16}, DType::f64), ref_dk({1, 300, 1, 16}, DType::f64), ref_dv({1, 300, 1, 16}, DType::f64);
+  attention_backward(BackwardArgs{q, k, v, out, dout, lse, ref_dq, ref_dk, ref_dv, {}, {}, {}}, Backend::reference);
+  const detail::BackwardProblem p =
+      detail::resolve_backward(BackwardArgs{q, k, v, out, dout, lse, dq, dk, dv, {}, {}, {}}, Backend::cpu);
+  cpu::set_num_threads(1);
+  std::vector<std::byte> ws(cpu::backward_workspace_size(p));
+  cpu::set_num_threads(2);
+  ASSERT_GT(cpu::backward_workspace_size(p), ws.size());
+  for (const Tensor* t : {&dq, &dk, &dv}) test::poison(*t);
+  cpu::backward(p, {ws.data(), ws.size()});
+  expect_close(dq, ref_dq, 1e-5, 0.0, "dq");
+  expect_close(dk, ref_dk, 1e-5, 0.0, "dk");
+  expect_close(dv, ref_dv, 1e-5, 0.0, "dv");
 }
 
 }  // namespace

@@ -386,6 +386,34 @@ TEST(CpuForward, DecodeSplitsKeys) {
   run_case(speculative);
 }
 
+// Decode units that take several kv heads: 6 kv heads (one unit of 6), group 3, a per-head
+// block layout, soft-capping, and varlen sequences of one query each.
+TEST(CpuForward, DecodeUnitsSpanningKvHeads) {
+  Tensor layout({18, 1, 12}, DType::u8);
+  for (std::int64_t i = 0; i < layout.numel(); ++i) layout.as<std::uint8_t>()[i] = (test::rng()() % 3) != 0;
+  Case c;
+  c.batch = 3;
+  c.heads_q = 18;
+  c.heads_kv = 6;
+  c.seqlen_q = 1;
+  c.seqlen_k = 700;
+  c.head_dim = 32;
+  c.softcap = 10.0f;
+  c.mask.block_layout = layout;
+  c.mask.block_q = 1;
+  c.mask.block_k = 64;
+  run_case(c);
+  Case varlen;
+  varlen.batch = 4;
+  varlen.heads_q = 8;
+  varlen.heads_kv = 4;
+  varlen.head_dim = 64;
+  varlen.lengths_q = {1, 1, 0, 1};
+  varlen.lengths_k = {600, 1, 5, 0};
+  varlen.mask.causal = true;
+  run_case(varlen);
+}
+
 TEST(CpuForward, PrefillSplitsWhenOneSequenceIsLong) {
   Case c;
   c.heads_q = 1;

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "attn/error.hpp"
+#include "attn/half.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/kernels.hpp"
 #include "cpu/thread_pool.hpp"
@@ -80,6 +81,36 @@ TEST(CpuSimd, Exp2IsAccurateAndSafeOnEveryIsa) {
       } else {
         EXPECT_NEAR(y[i] / want, 1.0, 3e-7) << isa_name(isa) << " x=" << x[i];
       }
+    }
+  }
+}
+
+// Vec's f16 / bf16 loads and stores agree bit for bit with half.hpp's round-to-nearest-even
+// conversions, ties, subnormals, overflow and infinities included (NaN excluded: kernels never
+// produce it).
+TEST(CpuSimd, StorageConversionsRoundToNearestEvenOnEveryIsa) {
+  std::vector<float> x = random_floats(1000);
+  for (float& v : x) v *= 100.0f;
+  const float inf = std::numeric_limits<float>::infinity();
+  x.insert(x.end(), {0.0f, -0.0f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256,
+                     65504.0f, 65520.0f, 70000.0f, -1e9f, 6e-8f, 3e-8f, 1e-6f, -2.5e-5f, 1e-40f, inf, -inf,
+                     3.3895314e38f});
+  for (int extra = 0; extra < 7; ++extra) x.push_back(std::ldexp(1.0f + float(extra) / 7, -20 + extra));  // odd tail
+  const std::int64_t n = std::int64_t(x.size());
+  for (Isa isa : supported_isas()) {
+    const Kernels& k = kernels_for(isa);
+    std::vector<half_t> h(x.size());
+    std::vector<bfloat16_t> b(x.size());
+    std::vector<float> back_h(x.size()), back_b(x.size());
+    k.f32_to_f16(x.data(), h.data(), n);
+    k.f32_to_bf16(x.data(), b.data(), n);
+    k.f16_to_f32(h.data(), back_h.data(), n);
+    k.bf16_to_f32(b.data(), back_b.data(), n);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      ASSERT_EQ(h[i].bits, to_half(x[i]).bits) << isa_name(isa) << " f16 of " << x[i];
+      ASSERT_EQ(b[i].bits, to_bfloat16(x[i]).bits) << isa_name(isa) << " bf16 of " << x[i];
+      ASSERT_EQ(float_bits(back_h[i]), float_bits(to_float(h[i]))) << isa_name(isa) << " f16 -> f32";
+      ASSERT_EQ(float_bits(back_b[i]), float_bits(to_float(b[i]))) << isa_name(isa) << " bf16 -> f32";
     }
   }
 }
