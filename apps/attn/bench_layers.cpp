@@ -52,8 +52,7 @@ Setup decode_setup(const Shape& s, int page_size) {
     a.block_table = table;
     a.cache_seqlens = lens;
     a.out = out;
-    const Tensor ws({std::int64_t(std::max<std::size_t>(1, attention_with_kvcache_workspace_size(a, Backend::cpu)))},
-                    DType::u8);
+    const Tensor ws({std::int64_t(attention_with_kvcache_workspace_size(a, Backend::cpu))}, DType::u8);
     // The call holds the tensors: the args only view their storage.
     return std::function<void()>([q, out, lens, table, k, v, ws, a] {
       attention_with_kvcache(a, {ws.data(), ws.nbytes()}, Backend::cpu);
@@ -170,8 +169,7 @@ Setup linear_setup(const Shape& s, bool linear) {
     AttentionParams causal;
     causal.mask = Mask::causal_mask();
     const ForwardArgs fa = w.forward_args(causal);
-    const Tensor ws({std::int64_t(std::max<std::size_t>(1, attention_forward_workspace_size(fa, Backend::cpu)))},
-                    DType::u8);
+    const Tensor ws({std::int64_t(attention_forward_workspace_size(fa, Backend::cpu))}, DType::u8);
     return std::function<void()>([w, fa, ws] { attention_forward(fa, {ws.data(), ws.nbytes()}, Backend::cpu); });
   };
 }
