@@ -216,8 +216,8 @@ const char* layer_explanation(const std::string& name) {
       {"mha prefill", "a layer with projections and RoPE over a whole prompt, causal"},
       {"mha decode step", "one token per step against the layer's KV cache (after the prompt)"},
       {"mha decode vs whole", "decoding token by token gives what one pass over the sequence gives"},
-      {"mha -> mqa", "all heads share one KV head by mean-pooling: the error conversion costs"},
-      {"mha -> gqa", "query heads share fewer KV heads by mean-pooling: the error conversion costs"},
+      {"mha -> mqa", "one KV head, the mean of all: the error on random heads (trained heads fare better)"},
+      {"mha -> gqa", "fewer KV heads, each the mean of a group: the error on random heads (trained fare better)"},
       {"mla absorbed vs expanded", "MLA attending over the latent cache (W_uk, W_uv folded in) equals expanding k, v"},
       {"cache bytes per token, mla", "MLA caches one latent (R + P values) per token and layer"},
       {"cache bytes per token, mha", "the same model with ordinary K and V for every head"},
@@ -377,10 +377,10 @@ int demo_command(const Argv& argv, std::ostream& out) {
     failures += !ok;
     out << "  " << column("paged decode vs contiguous", 38)
         << column(format("%.1e", p.vs_contiguous) + (ok ? " ok" : " NO"), 22)
-        << "4 sequences of 100, 37, 250, 5 tokens + 1 new, pages of 16 in shuffled order: "
-        << format("%.0f KiB", p.paged_bytes / 1024) << " of pages against "
-        << format("%.0f KiB", p.contiguous_bytes / 1024) << " reserved by a contiguous cache of 256 per sequence"
-        << " (vs reference " << format("%.1e", p.vs_reference) << ")\n";
+        << "4 sequences (100, 37, 250, 5 tokens + 1 new) in shuffled pages of 16: "
+        << format("%.0f KiB", p.paged_bytes / 1024) << " of pages vs "
+        << format("%.0f KiB", p.contiguous_bytes / 1024) << " reserved contiguously (256 slots each); vs reference "
+        << format("%.1e", p.vs_reference) << "\n";
   } catch (const Error& e) {
     const std::string what = std::string(e.what()).substr(std::strlen("attn: "));
     out << "  paged decode failed: " << what << '\n';
