@@ -151,8 +151,9 @@ constexpr std::pair<const char*, const char*> kCacheArguments[] = {
     {"head_dim_v", "--v-cache"},
 };
 
-/// attention_with_kvcache over the caches the options name. Everything is read and checked,
-/// the call runs on copies, and files are written only after it succeeded.
+/// attention_with_kvcache over the caches the options name. The append goes into the caches as
+/// read into memory (the input files stay as they were), and every output file is written only
+/// after the call succeeded; the library validates everything before it writes anything.
 int cache_attention(const Args& args, Backend backend, DType dtype, DType out_dtype, const AttentionParams& params,
                     std::ostream& out) {
   for (const char* o : {"--k", "--v", "--cu-seqlens-q", "--cu-seqlens-k"})

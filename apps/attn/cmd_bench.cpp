@@ -3,13 +3,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <ostream>
 #include <string>
-#include <filesystem>
-#include <iostream>
 #include <thread>
 
 #include <unistd.h>
@@ -291,7 +291,8 @@ int bench_command(const Argv& argv, std::ostream& out) {
     double base = 0;
     for (const Row& r : rows) base = std::max(base, r.m.base_rss_mib);
     out << "\nGFLOP/s counts only the pairs the mask keeps (forward 4*D per pair, backward 2.5x); median of "
-           "timed runs after a warm-up.\npeak MiB: getrusage maxrss of a child forked per row (includes the "
+           "timed runs after a warm-up.\nGB/s: the call's tensors (decode: the K/V read), per second; vs ceiling: of "
+           "memcpy for decode rows, of SGEMM for the others.\npeak MiB: getrusage maxrss of a child forked per row (includes the "
         << fixed(base, 1) << " MiB the process had before the row allocated).\n";
     for (const Row& r : rows)
       if (r.c->group == "memory" && r.error.empty())
