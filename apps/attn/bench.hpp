@@ -33,6 +33,8 @@ struct BenchCase {
   std::string pass;  ///< "fwd" or "bwd"
   double flops = 0;  ///< useful FLOPs of one call (counters.hpp)
   double bytes = 0;  ///< bytes of the call's own tensors (counters.hpp)
+  /// Bound by memory, not arithmetic (decode): GB/s is read against the copy ceiling.
+  bool memory_bound = false;
   RepeatPolicy repeat;
   /// Runs where the case is measured: allocates and fills the inputs, returns the call to time.
   std::function<std::function<void()>()> setup;
@@ -52,6 +54,10 @@ struct BenchSuite {
 /// The attention forward/backward rows on a CPU backend (cpu, or the slow reference), timed in
 /// forked children so each row's peak RSS is its own.
 BenchSuite cpu_attention_suite(Backend backend);
+
+/// Decode over paged and contiguous caches, MLA decode absorbed vs expanded, and linear vs
+/// softmax attention (bench_layers.cpp).
+BenchSuite cpu_layers_suite();
 
 /// Every suite `attn bench` can run; it runs those whose backend was asked for.
 std::vector<BenchSuite> bench_suites();

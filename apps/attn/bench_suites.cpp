@@ -8,6 +8,7 @@ std::string BenchCase::label() const { return group + " " + name + " " + shape +
 std::vector<BenchSuite> bench_suites() {
   return {
       cpu_attention_suite(Backend::cpu),
+      cpu_layers_suite(),
       cpu_attention_suite(Backend::reference),
   };
 }

@@ -1,4 +1,5 @@
-// `attn attention`: one forward (and, with --dout, backward) call on .npy files.
+// `attn attention`: one forward (and, with --dout, backward) call on .npy files, or, with
+// --k-cache, one attention_with_kvcache call over a contiguous or paged cache.
 //
 // Inputs are float .npy files (float32 expected; float16/float64 accepted), rounded to --dtype
 // before the kernel runs. Outputs are float32 .npy files, written only after every call
@@ -6,9 +7,11 @@
 #include <chrono>
 #include <cstring>
 #include <ostream>
+#include <utility>
 
 #include "args.hpp"
 #include "attn/attention.hpp"
+#include "attn/attention_kvcache.hpp"
 #include "commands.hpp"
 #include "npy.hpp"
 #include "workload.hpp"
@@ -43,6 +46,14 @@ const Usage kUsage{
         {"--dq", "DQ.npy", "where the backward writes dq (with --dout)"},
         {"--dk", "DK.npy", "where the backward writes dk (with --dout)"},
         {"--dv", "DV.npy", "where the backward writes dv (with --dout)"},
+        {"--k-cache", "KC.npy", "attend over a cache instead of --k/--v: (B,Smax,Hk,D), or pages (P,S,Hk,D)"},
+        {"--v-cache", "VC.npy", "the value cache, shaped like --k-cache with Dv last"},
+        {"--cache-seqlens", "CS.npy", "int32 (B,): tokens already in the cache per sequence"},
+        {"--block-table", "BT.npy", "int32 (B,max_pages): the caches are a page pool; row b lists b's pages"},
+        {"--k-new", "KN.npy", "(B,Snew,Hk,D) written at cache_seqlens[b].. before attention"},
+        {"--v-new", "VN.npy", "(B,Snew,Hk,Dv), with --k-new"},
+        {"--k-cache-out", "KCO.npy", "write the key cache after the append (float32)"},
+        {"--v-cache-out", "VCO.npy", "write the value cache after the append (float32)"},
     }};
 
 /// Reads the file an option names and checks its element type; errors name the option.
@@ -126,6 +137,82 @@ Mask read_mask(const Args& args, Device device, Tensor& layout, Tensor& globals)
   return m;
 }
 
+// The library's argument names in the cache path, and the options that carry them, so its
+// errors name what the user typed ("attn: --block-table: entry [0][2] = 9 is not a page ...").
+constexpr std::pair<const char*, const char*> kCacheArguments[] = {
+    {"q", "--q"},
+    {"k_cache", "--k-cache"},
+    {"v_cache", "--v-cache"},
+    {"block_table", "--block-table"},
+    {"cache_seqlens", "--cache-seqlens"},
+    {"k_new", "--k-new"},
+    {"v_new", "--v-new"},
+    {"head_dim", "--q"},
+    {"head_dim_v", "--v-cache"},
+};
+
+/// attention_with_kvcache over the caches the options name. The append goes into the caches as
+/// read into memory (the input files stay as they were), and every output file is written only
+/// after the call succeeded; the library validates everything before it writes anything.
+int cache_attention(const Args& args, Backend backend, DType dtype, DType out_dtype, const AttentionParams& params,
+                    std::ostream& out) {
+  for (const char* o : {"--k", "--v", "--cu-seqlens-q", "--cu-seqlens-k"})
+    if (args.has(o)) args.fail(o, "cannot be combined with --k-cache (attention over a cache)");
+  for (const char* o : {"--dout", "--dq", "--dk", "--dv"})
+    if (args.has(o)) args.fail(o, "attention over a cache is forward only");
+  if (backend == Backend::cuda) args.fail("--backend", "attention over a cache has no cuda path yet (use cpu)");
+  if (args.has("--k-new") != args.has("--v-new"))
+    args.fail(args.has("--k-new") ? "--v-new" : "--k-new", "--k-new and --v-new go together");
+
+  KVCacheArgs ka;
+  ka.params = params;
+  const Tensor q = load_tokens(args, "--q", false, dtype);
+  const Tensor k_cache = load_tokens(args, "--k-cache", false, dtype);
+  const Tensor v_cache = load_tokens(args, "--v-cache", false, dtype);
+  const Tensor seqlens = load(args, "--cache-seqlens", {DType::i32}, "an int32 array");
+  Tensor table, k_new, v_new;
+  if (args.has("--block-table")) table = load(args, "--block-table", {DType::i32}, "an int32 array");
+  if (args.has("--k-new")) {
+    k_new = load_tokens(args, "--k-new", false, dtype);
+    v_new = load_tokens(args, "--v-new", false, dtype);
+  }
+  const std::string out_path = args.required("--out");
+  const Tensor o = like(q.view(), out_dtype, Device::cpu(), v_cache.size(-1));
+  Tensor lse;
+  if (args.has("--lse")) lse = Tensor({q.size(0), q.size(2), q.size(1)}, DType::f32);
+  ka.q = q;
+  ka.k_cache = k_cache;
+  ka.v_cache = v_cache;
+  ka.block_table = table;
+  ka.cache_seqlens = seqlens;
+  ka.k_new = k_new;
+  ka.v_new = v_new;
+  ka.out = o;
+  ka.lse = lse;
+
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  try {
+    attention_with_kvcache(ka, backend);
+  } catch (const Error& e) {
+    const std::string what = std::string(e.what()).substr(std::strlen("attn: "));
+    for (const auto& [name, option] : kCacheArguments)
+      if (what.rfind(std::string(name) + ": ", 0) == 0) args.fail(option, what.substr(std::strlen(name) + 2));
+    throw;
+  }
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+
+  write_f32(out_path, o);
+  if (args.has("--lse")) write_f32(args.required("--lse"), lse);
+  if (args.has("--k-cache-out")) write_f32(args.required("--k-cache-out"), k_cache);
+  if (args.has("--v-cache-out")) write_f32(args.required("--v-cache-out"), v_cache);
+  out << "attn attention: " << backend_name(backend) << ' ' << dtype_name(dtype) << " q " << q.view().shape_str()
+      << " over a " << (table.defined() ? "paged" : "contiguous") << " cache " << k_cache.view().shape_str();
+  if (k_new.defined()) out << " (+" << k_new.size(1) << " new)";
+  out << ": " << ms << " ms -> " << out_path << '\n';
+  return 0;
+}
+
 }  // namespace
 
 int attention_command(const Argv& argv, std::ostream& out) {
@@ -145,6 +232,18 @@ int attention_command(const Argv& argv, std::ostream& out) {
   // The reference computes in float64; keep its outputs in f32, the precision of the files.
   const DType out_dtype = backend == Backend::reference ? DType::f32 : dtype;
 
+  AttentionParams params;
+  Tensor layout, globals;
+  params.mask = read_mask(args, device, layout, globals);
+  params.scale = float(args.number("--scale", 0.0, 0.0));
+  params.softcap = float(args.number("--softcap", 0.0, 0.0));
+  if (args.has("--scale") && params.scale <= 0.0f)
+    args.fail("--scale", "expected a number > 0, got '" + *args.get("--scale") + "'");
+  if (args.has("--k-cache")) return cache_attention(args, backend, dtype, out_dtype, params, out);
+  for (const char* o : {"--v-cache", "--cache-seqlens", "--block-table", "--k-new", "--v-new", "--k-cache-out",
+                        "--v-cache-out"})
+    if (args.has(o)) args.fail(o, "needs --k-cache KC.npy (attention over a cache)");
+
   const bool backward = args.has("--dout");
   for (const char* g : {"--dq", "--dk", "--dv"}) {
     if (backward && !args.has(g)) args.fail(g, "required with --dout");
@@ -156,12 +255,7 @@ int attention_command(const Argv& argv, std::ostream& out) {
   const bool packed = args.has("--cu-seqlens-q");
 
   ForwardArgs fa;
-  Tensor layout, globals;
-  fa.params.mask = read_mask(args, device, layout, globals);
-  fa.params.scale = float(args.number("--scale", 0.0, 0.0));
-  fa.params.softcap = float(args.number("--softcap", 0.0, 0.0));
-  if (args.has("--scale") && fa.params.scale <= 0.0f)
-    args.fail("--scale", "expected a number > 0, got '" + *args.get("--scale") + "'");
+  fa.params = params;
 
   const Tensor q = on_device(load_tokens(args, "--q", packed, dtype), device);
   const Tensor k = on_device(load_tokens(args, "--k", packed, dtype), device);

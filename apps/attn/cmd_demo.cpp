@@ -1,17 +1,24 @@
 // `attn demo`: a tour for newcomers. Each mechanism runs once on a small input on the chosen
 // kernels and once on the float64 reference; the table shows how far apart they are, how long
 // the kernel took, and how much memory it used against what materialising the score matrix
-// (the textbook algorithm) would have needed.
+// (the textbook algorithm) would have needed. A second table shows the layers built on the
+// kernels (src/modules' demo rows) and decode over a paged cache against a contiguous one.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <ostream>
+#include <random>
 
 #include "args.hpp"
 #include "attn/attention.hpp"
+#include "attn/attention_kvcache.hpp"
+#include "attn/modules/demo.hpp"
+#include "cache/views.hpp"
 #include "commands.hpp"
 #include "counters.hpp"
 #include "workload.hpp"
@@ -203,6 +210,103 @@ std::string column(const std::string& s, std::size_t width) {
   return s.size() >= width ? s + " " : s + std::string(width - s.size(), ' ');
 }
 
+/// What each of modules::demo_rows() shows, by the start of its name (most specific first).
+const char* layer_explanation(const std::string& name) {
+  static const std::pair<const char*, const char*> kExplanations[] = {
+      {"mha prefill", "a layer with projections and RoPE over a whole prompt, causal"},
+      {"mha decode step", "one token per step against the layer's KV cache (after the prompt)"},
+      {"mha decode vs whole", "decoding token by token gives what one pass over the sequence gives"},
+      {"mha -> mqa", "one KV head, the mean of all: the error on random heads (trained heads fare better)"},
+      {"mha -> gqa", "fewer KV heads, each the mean of a group: the error on random heads (trained fare better)"},
+      {"mla absorbed vs expanded", "MLA attending over the latent cache (W_uk, W_uv folded in) equals expanding k, v"},
+      {"cache bytes per token, mla", "MLA caches one latent (R + P values) per token and layer"},
+      {"cache bytes per token, mha", "the same model with ordinary K and V for every head"},
+      {"cache bytes per token, gqa", "the same model with 8 shared KV heads"},
+      {"linear attention recurrent", "the O(1)-state recurrent form equals the causal parallel form"},
+      {"linear attention state", "what linear attention keeps per sequence, whatever its length"},
+  };
+  for (const auto& [prefix, text] : kExplanations)
+    if (name.rfind(prefix, 0) == 0) return text;
+  return "";
+}
+
+std::string layer_value(const modules::DemoRow& r) {
+  if (r.unit == "ms") return format("%.2f ms", r.value);
+  if (r.unit == "rel L2") return format("%.1e rel L2", r.value);
+  return format("%.0f ", r.value) + r.unit;
+}
+
+struct PagedOutcome {
+  double vs_contiguous = 0;   ///< max |paged - contiguous|
+  double vs_reference = 0;    ///< max |paged - float64 reference|, relative to max(1, |reference|)
+  double paged_bytes = 0;     ///< K and V pages the sequences hold
+  double contiguous_bytes = 0;  ///< K and V slots a contiguous cache reserves (max length each)
+};
+
+/// One decode step (a new token appended, then attention) for sequences of very different
+/// lengths, over a page pool handed out in shuffled order and over a contiguous cache that
+/// reserves the longest length for every sequence.
+PagedOutcome paged_decode(Backend backend, DType dtype) {
+  const std::vector<std::int32_t> lens = {100, 37, 250, 5};
+  const std::int64_t B = 4, Smax = 256, Hq = 8, Hk = 2, D = kD, page = 16, per_seq = Smax / page;
+  const Tensor q = convert(random_input({B, 1, Hq, D}, DType::f32, 31), dtype);
+  const Tensor k_new = convert(random_input({B, 1, Hk, D}, DType::f32, 32), dtype);
+  const Tensor v_new = convert(random_input({B, 1, Hk, D}, DType::f32, 33), dtype);
+  const Tensor kc = convert(random_input({B, Smax, Hk, D}, DType::f32, 34), dtype);
+  const Tensor vc = convert(random_input({B, Smax, Hk, D}, DType::f32, 35), dtype);
+  // The pool holds only the pages the sequences use (their lengths plus the new token).
+  std::vector<std::int32_t> order;
+  std::int64_t pages = 0;
+  for (const std::int32_t len : lens) pages += (len + 1 + page - 1) / page;
+  order.resize(std::size_t(pages));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937(36));
+  Tensor table({B, per_seq}, DType::i32);
+  std::fill_n(table.as<std::int32_t>(), B * per_seq, 0);
+  Tensor pk({pages, page, Hk, D}, dtype), pv({pages, page, Hk, D}, dtype);
+  std::size_t next = 0;
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t i = 0; i * page < lens[std::size_t(b)] + 1; ++i) {
+      const std::int32_t pg = order[next++];
+      table.as<std::int32_t>()[b * per_seq + i] = pg;
+      // The cached tokens of this page (slots past the length are overwritten or never read).
+      for (std::int64_t t = i * page; t < std::min<std::int64_t>((i + 1) * page, Smax); ++t)
+        for (const auto& [pool, cache] : {std::pair{&pk, &kc}, std::pair{&pv, &vc}})
+          copy(detail::select(detail::select(*pool, pg), t % page), detail::select(detail::select(*cache, b), t));
+    }
+  const Tensor seqlens = [&] {
+    Tensor t({B}, DType::i32);
+    std::copy(lens.begin(), lens.end(), t.as<std::int32_t>());
+    return t;
+  }();
+  const auto decode = [&](const Tensor& k, const Tensor& v, const Tensor& bt, Backend be, DType out_dtype) {
+    KVCacheArgs a;
+    const Tensor out({B, 1, Hq, D}, out_dtype);
+    a.q = q;
+    a.k_cache = k;
+    a.v_cache = v;
+    a.block_table = bt;
+    a.cache_seqlens = seqlens;
+    a.k_new = k_new;
+    a.v_new = v_new;
+    a.out = out;
+    a.params.mask = Mask::causal_mask();
+    attention_with_kvcache(a, be);
+    return out;
+  };
+  const DType out_dtype = backend == Backend::reference ? DType::f32 : dtype;
+  const Tensor paged = decode(pk, pv, table, backend, out_dtype);
+  const Tensor contiguous = decode(kc, vc, {}, backend, out_dtype);
+  const Tensor reference = decode(kc, vc, {}, Backend::reference, DType::f64);
+  PagedOutcome o;
+  o.vs_contiguous = max_error(paged, contiguous);
+  o.vs_reference = max_error(paged, reference) / std::max(1.0, max_abs(reference));
+  const double slot_bytes = 2.0 * Hk * D * double(dtype_size(dtype));
+  o.paged_bytes = double(pages * page) * slot_bytes;
+  o.contiguous_bytes = double(B * Smax) * slot_bytes;
+  return o;
+}
+
 }  // namespace
 
 int demo_command(const Argv& argv, std::ostream& out) {
@@ -254,6 +358,34 @@ int demo_command(const Argv& argv, std::ostream& out) {
       << format("%.0f MiB", io_bytes(big, false) / 1048576.0)
       << " for the tensors themselves;\n`attn bench` measures the kernels' peak memory on exactly that case. "
          "`attn attention --help` runs\nany of these mechanisms on your own .npy tensors.\n";
+
+  // The layers built on the kernels: the modules' own numbers (f32 layers on random weights),
+  // then one decode step over a paged cache.
+  out << "\nlayers (src/modules, f32, random weights), on the " << backend_name(backend) << " kernels:\n";
+  try {
+    for (const modules::DemoRow& r : modules::demo_rows(backend))
+      out << "  " << column(r.name, 38) << column(layer_value(r), 22) << layer_explanation(r.name) << " ["
+          << r.config << "]\n";
+  } catch (const Error& e) {
+    const std::string what = std::string(e.what()).substr(std::strlen("attn: "));
+    out << "  layers failed: " << what << '\n';
+    if (first_error.empty()) first_error = "layers: " + what;
+  }
+  try {
+    const PagedOutcome p = paged_decode(backend, dtype);
+    const bool ok = p.vs_contiguous <= tolerance(dtype, false) && p.vs_reference <= tolerance(dtype, false);
+    failures += !ok;
+    out << "  " << column("paged decode vs contiguous", 38)
+        << column(format("%.1e", p.vs_contiguous) + (ok ? " ok" : " NO"), 22)
+        << "4 sequences (100, 37, 250, 5 tokens + 1 new) in shuffled pages of 16: "
+        << format("%.0f KiB", p.paged_bytes / 1024) << " of pages vs "
+        << format("%.0f KiB", p.contiguous_bytes / 1024) << " reserved contiguously (256 slots each); vs reference "
+        << format("%.1e", p.vs_reference) << "\n";
+  } catch (const Error& e) {
+    const std::string what = std::string(e.what()).substr(std::strlen("attn: "));
+    out << "  paged decode failed: " << what << '\n';
+    if (first_error.empty()) first_error = "paged decode: " + what;
+  }
   if (!first_error.empty()) detail::fail("demo: ", first_error);
   if (failures > 0) {
     out << failures << " mechanism(s) exceeded the tolerance of " << tolerance(dtype, false) << " (backward "

@@ -64,4 +64,25 @@ double score_matrix_bytes(const Shape& s, bool backward) {
   return backward ? 2.0 * one : one;
 }
 
+double kv_read_bytes(const Shape& s) {
+  return double(s.batch) * s.seqlen_k * s.heads_kv * (s.head_dim + s.head_dim_v) * double(dtype_size(s.dtype));
+}
+
+double mla_absorbed_flops(int batch, int context, int heads, int rank, int rope, int nope, int v_dim) {
+  const double per_sequence = double(heads) * (double(nope) * rank + double(context) * (2.0 * rank + rope) +
+                                               double(rank) * v_dim);
+  return 2.0 * batch * per_sequence;
+}
+
+double mla_expanded_flops(int batch, int context, int heads, int rank, int rope, int nope, int v_dim) {
+  const double expand = double(context) * heads * double(nope + v_dim) * rank;
+  const double attend = double(heads) * context * double(nope + rope + v_dim);
+  return 2.0 * batch * (expand + attend);
+}
+
+double linear_attention_flops(const Shape& s) {
+  const double per_token_head = 2.0 * s.head_dim * s.head_dim_v + 2.0 * s.head_dim;
+  return 2.0 * s.batch * s.seqlen_q * s.heads_q * per_token_head;
+}
+
 }  // namespace attn::cli

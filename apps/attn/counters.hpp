@@ -28,4 +28,21 @@ double io_bytes(const Shape& s, bool backward);
 /// what "Algorithm 0" needs on top of io_bytes; the backward needs dP/dS too.
 double score_matrix_bytes(const Shape& s, bool backward);
 
+/// Bytes of K and V a decode step reads from a cache: every sequence's seqlen_k tokens of
+/// Hk heads, D + Dv values each (q and out are a rounding error beside them).
+double kv_read_bytes(const Shape& s);
+
+/// Multiply-adds x 2 of one MLA decode step's attention core over `context` cached tokens per
+/// sequence (H heads, R kv_lora_rank, P rope, N nope, V v_head_dim):
+///   absorbed: q_nope -> latent (H N R), scores and values over the latent (H L (R + P + R)),
+///             latent -> v (H R V);
+///   expanded: k_nope and v for every cached token (L H (N + V) R), then attention
+///             (H L (N + P + V)).
+double mla_absorbed_flops(int batch, int context, int heads, int rank, int rope, int nope, int v_dim);
+double mla_expanded_flops(int batch, int context, int heads, int rank, int rope, int nope, int v_dim);
+
+/// Causal linear attention: per token and head, phi(k) v^T into the state (D Dv) and
+/// phi(q) against it (D Dv), plus the normaliser (2 D): multiply-adds x 2.
+double linear_attention_flops(const Shape& s);
+
 }  // namespace attn::cli

@@ -52,6 +52,11 @@ Tensor i32_tensor(const std::vector<std::int32_t>& values) {
 
 }  // namespace
 
+Tensor random_input(std::initializer_list<std::int64_t> shape, DType dtype, std::uint64_t seed) {
+  Random rng{seed};
+  return random_tensor(shape, dtype, rng);
+}
+
 std::string Shape::str() const {
   std::ostringstream os;
   os << 'B' << batch << " S" << seqlen_q;

@@ -65,6 +65,9 @@ struct Workload {
   Workload on(Device device) const;
 };
 
+/// A CPU tensor of fresh uniform values of unit variance, rounded to `dtype` (f32, f16, bf16, f64).
+Tensor random_input(std::initializer_list<std::int64_t> shape, DType dtype, std::uint64_t seed);
+
 /// A copy of `t` on `device`, or `t` itself when it is already there (or undefined).
 Tensor on_device(const Tensor& t, Device device);
 Workload make_workload(const Shape& s, bool backward, std::uint64_t seed, DType out_dtype);

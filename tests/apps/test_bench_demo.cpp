@@ -136,7 +136,7 @@ TEST(BenchCommand, QuickJsonParses) {
 }
 
 TEST(BenchCommand, ListsLabelsWithoutRunning) {
-  const Result r = run(cli::bench_command, {"--list", "--filter", "S16384"});
+  const Result r = run(cli::bench_command, {"--list", "--filter", "S16384 H8"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out,
             "attention window 256,0 B1 S16384 H8 D128 f32 fwd\n"
@@ -146,7 +146,7 @@ TEST(BenchCommand, ListsLabelsWithoutRunning) {
 TEST(BenchCommand, BadArgumentsNameThemselves) {
   for (const auto& [args, what] : std::vector<std::pair<cli::Argv, std::string>>{
            {{"--threads", "0"}, "--threads"},
-           {{"--backend", "cuda"}, "--backend"},
+           {{"--backend", "cuda"}, "--backend"},  // no CUDA build: the GPU bench cannot run
            {{"--backend", "tpu"}, "--backend"},
            {{"--backend", "reference"}, "--backend"},  // the oracle only with --quick
            {{"--quick", "--filter", "no such row"}, "--filter"},
@@ -199,6 +199,10 @@ TEST(DemoCommand, ReferenceTourPasses) {
                         "soft-cap", "varlen", "backward"})
     EXPECT_NE(r.out.find(std::string("\n") + m + " "), std::string::npos) << m;
   EXPECT_EQ(r.out.find(" NO "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(" NO\n"), std::string::npos) << r.out;
+  for (const char* row : {"mha prefill", "mha decode step", "mha -> gqa conversion", "mla absorbed vs expanded",
+                          "cache bytes per token, mla", "linear attention state", "paged decode vs contiguous"})
+    EXPECT_NE(r.out.find(std::string("\n  ") + row + " "), std::string::npos) << row;
 }
 
 TEST(DemoCommand, CpuTourPasses) {
@@ -224,7 +228,34 @@ Result run_binary(const std::string& args) {
 TEST(BenchCommand, CpuQuickJsonParses) {
   const Result r = run_binary("bench --quick --json --threads 2");
   if (r.code == 2 && r.err.find("not built yet") != std::string::npos) GTEST_SKIP() << r.err;
-  check_bench_json(r, 18);
+  // 18 attention rows, then paged and contiguous decode, MLA absorbed and expanded, linear
+  // and softmax attention.
+  check_bench_json(r, 24);
+  Json j = Json::parse(r.out);
+  EXPECT_GT(j.fields["ceilings"].fields["memcpy_gbytes_per_s"].num, 0);
+  EXPECT_GT(j.fields["ceilings"].fields["stream_read_gbytes_per_s"].num, 0);
+  std::map<std::string, int> groups;
+  for (Json& row : j.fields["rows"].items) {
+    ++groups[row.fields["group"].str];
+    if (row.fields["group"].str == "decode") EXPECT_GT(row.fields["vs_memcpy"].num, 0);
+  }
+  EXPECT_EQ(groups["decode"], 2);
+  EXPECT_EQ(groups["mla"], 2);
+  EXPECT_EQ(groups["linear"], 2);
+}
+
+TEST(BenchCommand, ListsTheLayerRows) {
+  const Result r = run(cli::bench_command, {"--list", "--filter", "decode"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out,
+            "decode paged 16 B16 S1/4096 H32/8 D128 f16 fwd\n"
+            "decode contiguous B16 S1/4096 H32/8 D128 f16 fwd\n");
+  const Result mla = run(cli::bench_command, {"--list", "--filter", "mla"});
+  EXPECT_NE(mla.out.find("mla absorbed (reference core) B1 L4096 H128 R512 P64"), std::string::npos) << mla.out;
+  const Result linear = run(cli::bench_command, {"--list", "--filter", "S16384 H4 D64"});
+  EXPECT_EQ(linear.out,
+            "linear linear causal B1 S16384 H4 D64 f32 fwd\n"
+            "linear softmax causal B1 S16384 H4 D64 f32 fwd\n");
 }
 
 TEST(Program, DispatchesAndReportsErrorsInOneLine) {
