@@ -1,0 +1,58 @@
+// What the forward kernels receive: the validated problem plus the launch plan (tile table,
+// GQA packing, KV splits). Shared by the host planner (backend.cpp) and the kernels (.cu).
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+#include "problem.hpp"
+
+namespace attn::cuda {
+
+/// Tile shape of the sm80 forward for a (head_dim, head_dim_v). Only what changes registers
+/// or shared memory is here; 4 warps each own 16 query rows of a 64-row tile.
+struct FwdTile {
+  int block_m;  ///< query rows per CTA
+  int block_n;  ///< keys per pipeline stage
+};
+inline constexpr int kFwdWarps = 4;
+inline constexpr int kFwdThreads = 32 * kFwdWarps;
+
+ATTN_HD constexpr FwdTile fwd_tile(int head_dim) {
+  // 256: a 64-key tile would need 64 f32 score registers on top of 128 accumulator
+  // registers per thread; 32 keys keeps the kernel under 255 registers without spills.
+  return head_dim <= 192 ? FwdTile{64, 64} : FwdTile{64, 32};
+}
+
+/// Launch plan and problem for one forward call.
+///
+/// Rows of a CTA tile: with `pack` = 1, tile rows are the queries of one query head (slot =
+/// query head). With `pack` = G (group size), the G query heads that share one kv head are
+/// packed into the rows (slot = kv head, row x -> query x / G, head slot * G + x % G), so
+/// decode-shaped calls load each K/V tile once for the whole group.
+///
+/// With `n_splits` > 1 each CTA covers 1/n_splits of the key tiles and writes an f32 partial
+/// (normalised output and lse) to the workspace; fwd_combine merges them through their lse.
+///   o_part   f32 (n_splits, B, seqlen_q, Hq, Dv)
+///   lse_part f32 (n_splits, B, seqlen_q, Hq)
+struct FwdParams {
+  detail::AttentionProblem p;
+  int pack = 1;
+  int slots = 0;    ///< grid.y: query heads, or kv heads when packed
+  int m_tiles = 0;  ///< query-row tiles per (slot, batch)
+  int n_splits = 1;
+  float scale_log2 = 0;    ///< scale * log2(e): scores go straight to exp2
+  float softcap_log2 = 0;  ///< softcap * log2(e)
+  float* o_part = nullptr;
+  float* lse_part = nullptr;
+};
+
+/// One explicit instantiation per (dtype, head_dim, head_dim_v), in src/cuda/sm80/*.cu.
+template <DType dtype, int D, int Dv>
+void launch_flash_fwd(const FwdParams& params, cudaStream_t stream);
+
+/// Merges the KV-split partials into out and lse (src/cuda/decode_combine.cu).
+void launch_fwd_combine(const FwdParams& params, cudaStream_t stream);
+
+}  // namespace attn::cuda
