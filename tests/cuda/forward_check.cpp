@@ -274,9 +274,13 @@ CheckResult check_forward(const FwdCase& c, std::uint64_t seed) {
     p.scale = c.scale > 0.0f ? c.scale : 1.0f / std::sqrt(float(D));
     p.softcap = c.softcap;
     p.mask = detail::resolve_mask(mask_d, Hq, c.seqlen_q, max_sk, Device::cuda());
+#if defined(ATTN_WITH_CUDA)
     const std::size_t ws_bytes = ::attn::cuda::forward_workspace_size(p);
     Tensor ws_t = ws_bytes > 0 ? Tensor({std::int64_t(ws_bytes)}, DType::u8, Device::cuda()) : Tensor();
     ::attn::cuda::forward(p, Workspace{ws_bytes > 0 ? ws_t.data() : nullptr, ws_bytes});
+#else
+    detail::fail("paged checks: this build has no CUDA backend");  // unreachable: no device without it
+#endif
   }
   const Tensor out = to_host(out_d), lse = to_host(lse_d);  // synchronises; reports kernel faults
 

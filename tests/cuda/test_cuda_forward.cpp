@@ -69,12 +69,14 @@ TEST(CudaForwardErrors, MisalignedRowsAreAnError) {
   EXPECT_THROW(attention_forward(in.args, Backend::cuda), Error);
 }
 
+#if defined(ATTN_WITH_CUDA)
 TEST(CudaForwardErrors, BackwardIsNotThereYet) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   detail::BackwardProblem p;
   EXPECT_EQ(cuda::backward_workspace_size(p), 0u);
   EXPECT_THROW(cuda::backward(p, Workspace{}), Error);
 }
+#endif
 
 }  // namespace
 }  // namespace attn

@@ -59,15 +59,17 @@ struct FwdTraits {
   static constexpr bool kQInRegs = D <= 128;
 };
 
-/// Copies `rows` x `COLS` elements of T, 16 bytes per cp.async, from the global rows that
+/// Copies `ROWS` x `COLS` elements of T, 16 bytes per cp.async, from the global rows that
 /// `row_ptr(r)` returns (nullptr: zero fill) into shared memory rows of `stride` elements.
+/// `base` is any valid global address, named by the zero-filling copies that read nothing.
 template <class T, int ROWS, int COLS, class RowPtr>
-__device__ __forceinline__ void load_tile_async(T* smem, int stride, RowPtr row_ptr) {
+__device__ __forceinline__ void load_tile_async(T* smem, int stride, const T* base, RowPtr row_ptr) {
   constexpr int kChunks = COLS / 8;
+#pragma unroll
   for (int id = int(threadIdx.x); id < ROWS * kChunks; id += kFwdThreads) {
     const int r = id / kChunks, c = id % kChunks;
     const T* src = row_ptr(r);
-    cp_async_16(smem + r * stride + c * 8, src != nullptr ? src + c * 8 : smem, src != nullptr);
+    cp_async_16(smem + r * stride + c * 8, src != nullptr ? src + c * 8 : base, src != nullptr);
   }
 }
 
@@ -122,7 +124,7 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
-  load_tile_async<T, BM, D>(sQ, Tr::kQStride, [&](int r) -> const T* {
+  load_tile_async<T, BM, D>(sQ, Tr::kQStride, q, [&](int r) -> const T* {
     const int x = m0 + r;
     if (x >= rows) return nullptr;
     return q + p.q_layout.offset(b, x / pack, pack > 1 ? slot * pack + x % pack : slot);
@@ -132,10 +134,10 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     const int n0 = t * BN;
     // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
     // finite values where P is 0.
-    load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, [&](int r) -> const T* {
+    load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, [&](int r) -> const T* {
       return n0 + r < Sk ? k + p.k_layout.offset(b, n0 + r, hk) : nullptr;
     });
-    load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, [&](int r) -> const T* {
+    load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, [&](int r) -> const T* {
       return n0 + r < Sk ? v + p.v_layout.offset(b, n0 + r, hk) : nullptr;
     });
   };

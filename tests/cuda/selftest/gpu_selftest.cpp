@@ -2,14 +2,17 @@
 // machines that lack it and for compute-sanitizer runs. Prints one PASS / FAIL / ERROR line per
 // case and exits non-zero when any case did not pass.
 //
-//   attn_gpu_selftest [--small] [--filter SUBSTRING] [--seed N]
+//   attn_gpu_selftest [--small] [--filter SUB1,SUB2,...] [--seed N]
 //     --small   only the cases marked small (sanitizer runs)
+//     --filter  only cases whose name contains one of the substrings
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "attn/device.hpp"
 #include "attn/error.hpp"
@@ -17,17 +20,22 @@
 
 int main(int argc, char** argv) {
   bool small = false;
-  std::string filter;
+  std::vector<std::string> filters;
   std::uint64_t seed = std::random_device{}();
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--small") == 0) {
       small = true;
     } else if (std::strcmp(argv[i], "--filter") == 0 && i + 1 < argc) {
-      filter = argv[++i];
+      std::string list = argv[++i];
+      for (std::size_t pos = 0; pos <= list.size();) {
+        const std::size_t comma = std::min(list.find(',', pos), list.size());
+        if (comma > pos) filters.push_back(list.substr(pos, comma - pos));
+        pos = comma + 1;
+      }
     } else if (std::strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
       seed = std::strtoull(argv[++i], nullptr, 10);
     } else {
-      std::fprintf(stderr, "usage: %s [--small] [--filter SUBSTRING] [--seed N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--small] [--filter SUB1,SUB2,...] [--seed N]\n", argv[0]);
       return 2;
     }
   }
@@ -40,7 +48,10 @@ int main(int argc, char** argv) {
   for (const auto& c : attn::test::cuda::forward_cases()) {
     ++case_seed;
     if (small && !c.small) continue;
-    if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
+    const bool wanted = filters.empty() || std::any_of(filters.begin(), filters.end(), [&](const std::string& f) {
+                          return c.name.find(f) != std::string::npos;
+                        });
+    if (!wanted) continue;
     const auto t0 = std::chrono::steady_clock::now();
     try {
       const auto r = attn::test::cuda::check_forward(c, case_seed);
