@@ -154,7 +154,8 @@ def flex_peer(q, k, v, causal):
     block_mask = None
     if causal:
         block_mask = create_block_mask(lambda b, h, qi, kj: qi >= kj, B=None, H=None, Q_LEN=S, KV_LEN=S, device="cuda")
-    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    # FlexAttention's own layout, (B, H, S, D) contiguous, copied once outside the timing.
+    qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
     return lambda: compiled(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
 
 
@@ -208,7 +209,7 @@ def bench_decode(attn, rows):
     v = pool_v[table.long()].reshape(B, ctx, Hk, D)
     out2 = torch.empty_like(q)
     contiguous = attn.prepare(q, k, v, out2)
-    ref = sdpa_peer(SDPBackend.MATH, q.float()[:4], k.float()[:4], v.float()[:4], False, enable_gqa=True)()
+    ref = sdpa_peer(SDPBackend.MATH, q[:4].float(), k[:4].float(), v[:4].float(), False, enable_gqa=True)()
     bytes_moved = kv_bytes + 2 * q.numel() * 2
     for label, fn, check in [("attn paged", paged, True), ("attn contiguous", contiguous, True)] + [
         (label, sdpa_peer(backend, q, k, v, False, enable_gqa=True), False)
