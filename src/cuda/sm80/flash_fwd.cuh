@@ -59,6 +59,18 @@ struct FwdTraits {
   static constexpr bool kQInRegs = D <= 128;
 };
 
+/// TokenLayout::offset with 32-bit token arithmetic: its 64-bit `t / page_size` compiles to a
+/// division subroutine of about 70 instructions, and paged tiles divide once per row.
+__device__ __forceinline__ std::int64_t row_offset(const detail::TokenLayout& l, int b, int t, int h) {
+  if (l.block_table != nullptr) {
+    const int page_index = t / l.page_size;
+    const std::int64_t page = l.block_table[b * l.block_table_stride + page_index];
+    return page * l.page_stride + std::int64_t(t - page_index * l.page_size) * l.token_stride +
+           std::int64_t(h) * l.head_stride;
+  }
+  return l.offset(b, t, h);
+}
+
 /// Copies `ROWS` x `COLS` elements of T, 16 bytes per cp.async, from the global rows that
 /// `row_ptr(r)` returns (nullptr: zero fill) into shared memory rows of `stride` elements.
 /// `base` is any valid global address, named by the zero-filling copies that read nothing.
@@ -127,7 +139,7 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   load_tile_async<T, BM, D>(sQ, Tr::kQStride, q, [&](int r) -> const T* {
     const int x = m0 + r;
     if (x >= rows) return nullptr;
-    return q + p.q_layout.offset(b, x / pack, pack > 1 ? slot * pack + x % pack : slot);
+    return q + row_offset(p.q_layout, b, x / pack, pack > 1 ? slot * pack + x % pack : slot);
   });
   cp_async_commit();
   auto load_kv = [&](int t, int stage) {
@@ -135,10 +147,10 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
     // finite values where P is 0.
     load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, [&](int r) -> const T* {
-      return n0 + r < Sk ? k + p.k_layout.offset(b, n0 + r, hk) : nullptr;
+      return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
     });
     load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, [&](int r) -> const T* {
-      return n0 + r < Sk ? v + p.v_layout.offset(b, n0 + r, hk) : nullptr;
+      return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
     });
   };
 
@@ -205,22 +217,30 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
 
       // Scores to the log2 domain (soft-cap first), then the mask where the tile needs it.
       const int n0 = t * BN;
-      const bool per_element = kind == TileKind::partial || n0 + BN > Sk;
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[nt][e];
-          x = p.softcap > 0.0f ? params.softcap_log2 * tanh_exp2(x * (p.scale / p.softcap)) : x * params.scale_log2;
-          if (per_element) {
-            const int j = n0 + nt * 8 + lane % 4 * 2 + e % 2;
-            const int h = e / 2;
-            // Padding rows (past Sq) keep finite scores; their results are never stored.
-            const bool ok = j < Sk && (!row_ok[h] || me.allows(tok[h], j));
-            if (!ok) x = kNegInf;
-          }
-          s[nt][e] = x;
+        for (int e = 0; e < 4; ++e)
+          s[nt][e] = p.softcap > 0.0f ? params.softcap_log2 * tanh_exp2(s[nt][e] * (p.scale / p.softcap))
+                                      : s[nt][e] * params.scale_log2;
+      if (kind == TileKind::partial || n0 + BN > Sk) {
+        // One rolled copy of the mask predicate fills a bit per score, instead of BN / 2
+        // unrolled copies of it bloating the kernel; element idx is s[idx / 4][idx % 4].
+        std::uint32_t keep = 0;
+#pragma unroll 1
+        for (int idx = 0; idx < BN / 2; ++idx) {
+          const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
+          const bool upper = idx % 4 >= 2;  // rows row0 + 8
+          // Padding rows (past Sq) keep finite scores; their results are never stored.
+          const bool ok = j < Sk && (!(upper ? row_ok[1] : row_ok[0]) || me.allows(upper ? tok[1] : tok[0], j));
+          keep |= std::uint32_t(ok) << idx;
         }
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (((keep >> (nt * 4 + e)) & 1u) == 0) s[nt][e] = kNegInf;
+      }
 
       // Online softmax: new row max, rescale what was accumulated, exponentiate.
       float scale_old[2];
@@ -322,13 +342,13 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     const int r = id / kChunks, c = id % kChunks;
     const int x = m0 + r;
     if (x >= rows) continue;
-    *reinterpret_cast<uint4*>(out + p.out_layout.offset(b, x / pack, head_of(x)) + c * 8) =
+    *reinterpret_cast<uint4*>(out + row_offset(p.out_layout, b, x / pack, head_of(x)) + c * 8) =
         *reinterpret_cast<const uint4*>(sO + r * Tr::kOStride + c * 8);
   }
   if (p.lse != nullptr && lane % 4 == 0 && warp_active) {
     for (int h = 0; h < 2; ++h) {
       const int x = m0 + row0 + 8 * h;
-      if (x < rows) p.lse[p.lse_layout.offset(b, tok[h], head_of(x))] = lse[h];
+      if (x < rows) p.lse[row_offset(p.lse_layout, b, tok[h], head_of(x))] = lse[h];
     }
   }
 }
