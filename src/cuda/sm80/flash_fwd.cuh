@@ -142,13 +142,16 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     return q + row_offset(p.q_layout, b, x / pack, pack > 1 ? slot * pack + x % pack : slot);
   });
   cp_async_commit();
-  auto load_kv = [&](int t, int stage) {
+  // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
+  // finite values where P is 0.
+  auto load_k = [&](int t, int stage) {
     const int n0 = t * BN;
-    // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
-    // finite values where P is 0.
     load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, [&](int r) -> const T* {
       return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
     });
+  };
+  auto load_v = [&](int t, int stage) {
+    const int n0 = t * BN;
     load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, [&](int r) -> const T* {
       return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
     });
@@ -171,19 +174,27 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   float l_run[2] = {0.0f, 0.0f};        // running row sum of exp2(x - m_run), this thread's columns
   std::uint32_t qf[Tr::kQInRegs ? D / 16 : 1][4];
 
+  // K and V travel in separate cp.async groups (committed in the order Q, K0, V0, K1, V1, ...)
+  // so that Q K^T starts while V is still landing, and each prefetch overlaps the math of the
+  // tile before it. Every iteration commits exactly two groups, empty or not, so the counts
+  // in cp_async_wait hold at the last tile too.
   int t = next_tile(t_begin);
-  if (t < t_end) load_kv(t, 0);
+  if (t < t_end) load_k(t, 0);
+  cp_async_commit();
+  if (t < t_end) load_v(t, 0);
   cp_async_commit();
   int stage = 0;
   bool first = true;
+  // Scores in log2 units are s * mul: scores stay raw until the exp2, where the scale folds
+  // into one FFMA. Soft-capped scores are already in log2 units.
+  const float mul = p.softcap > 0.0f ? 1.0f : params.scale_log2;
   while (t < t_end) {
     const TileKind kind = tile_kind(t);
     const int t_next = next_tile(t + 1);
-    if (t_next < t_end) load_kv(t_next, stage ^ 1);  // overlaps this tile's math
-    cp_async_commit();
-    cp_async_wait<1>();  // Q and tile t have landed; only t_next may be in flight
+    cp_async_wait<1>();  // Q and K[t] have landed; V[t] may be in flight
     __syncthreads();
 
+    float s[BN / 8][4] = {};
     if (warp_active) {
       auto q_frag = [&](std::uint32_t (&a)[4], int kk) {
         ldmatrix_x4(a, sQ + (warp * 16 + lane % 8 + (lane / 8) % 2 * 8) * Tr::kQStride + kk * 16 + lane / 16 * 8);
@@ -195,7 +206,6 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         }
       }
       // S = Q K^T for this warp's 16 rows x BN keys.
-      float s[BN / 8][4] = {};
       const T* sKs = sK + stage * BN * Tr::kKStride;
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
@@ -214,15 +224,20 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
           mma_16816<T>(s[2 * nj + 1], a, kb[2], kb[3]);
         }
       }
+    }
+    // The other K stage held K[t-1], which every warp finished reading before the barrier above.
+    if (t_next < t_end) load_k(t_next, stage ^ 1);
+    cp_async_commit();
 
-      // Scores to the log2 domain (soft-cap first), then the mask where the tile needs it.
+    float scale_old[2] = {1.0f, 1.0f};
+    if (warp_active) {
       const int n0 = t * BN;
+      if (p.softcap > 0.0f) {
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt)
+        for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          s[nt][e] = p.softcap > 0.0f ? params.softcap_log2 * tanh_exp2(s[nt][e] * (p.scale / p.softcap))
-                                      : s[nt][e] * params.scale_log2;
+          for (int e = 0; e < 4; ++e) s[nt][e] = params.softcap_log2 * tanh_exp2(s[nt][e] * (p.scale / p.softcap));
+      }
       if (kind == TileKind::partial || n0 + BN > Sk) {
         // One rolled copy of the mask predicate fills a bit per score, instead of BN / 2
         // unrolled copies of it bloating the kernel; element idx is s[idx / 4][idx % 4].
@@ -243,13 +258,12 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
       }
 
       // Online softmax: new row max, rescale what was accumulated, exponentiate.
-      float scale_old[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float mx = m_run[h];
+        float mx = kNegInf;
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-        mx = quad_max(mx);
+        mx = fmaxf(m_run[h], quad_max(mx) * mul);  // mul > 0 keeps the order and -inf
         // A row with nothing allowed so far keeps max -inf; subtracting 0 instead keeps
         // exp2(-inf - -inf) = NaN out and leaves its probabilities at exactly 0.
         const float base = mx == kNegInf ? 0.0f : mx;
@@ -258,8 +272,8 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         float sum = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < BN / 8; ++nt) {
-          s[nt][2 * h] = exp2f(s[nt][2 * h] - base);
-          s[nt][2 * h + 1] = exp2f(s[nt][2 * h + 1] - base);
+          s[nt][2 * h] = exp2f(fmaf(s[nt][2 * h], mul, -base));
+          s[nt][2 * h + 1] = exp2f(fmaf(s[nt][2 * h + 1], mul, -base));
           sum += s[nt][2 * h] + s[nt][2 * h + 1];
         }
         l_run[h] = l_run[h] * scale_old[h] + sum;
@@ -271,7 +285,11 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         o[dt][2] *= scale_old[1];
         o[dt][3] *= scale_old[1];
       }
+    }
+    cp_async_wait<1>();  // V[t] has landed; only K[t_next] may be in flight
+    __syncthreads();
 
+    if (warp_active) {
       // O += P V. The C layout of two adjacent 8-key score tiles is the A layout of one
       // 16-key step, so P goes from accumulators to operands without shared memory.
       const T* sVs = sV + stage * BN * Tr::kVStride;
@@ -289,8 +307,10 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         }
       }
     }
+    // The other V stage held V[t-1], which every warp finished reading before the barrier above.
+    if (t_next < t_end) load_v(t_next, stage ^ 1);
+    cp_async_commit();
     first = false;
-    __syncthreads();  // every warp is done with this stage before the next prefetch overwrites it
     stage ^= 1;
     t = t_next;
   }
