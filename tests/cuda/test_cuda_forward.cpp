@@ -2,11 +2,17 @@
 // errors the backend must raise. Skips when no CUDA device is visible.
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <random>
 
 #include "attn/attention.hpp"
 #include "cuda/backend.hpp"
 #include "cuda/forward_check.hpp"
+
+namespace attn::test::cuda {
+// Failure lines name the case instead of dumping its bytes.
+void PrintTo(const FwdCase& c, std::ostream* os) { *os << c.name; }
+}  // namespace attn::test::cuda
 
 namespace attn {
 namespace {
