@@ -176,6 +176,17 @@ CheckResult check_forward(const FwdCase& c, std::uint64_t seed) {
   const Shape lse_dev_shape = paged ? Shape{B, Hq, c.seqlen_q} : lse_shape;
   Tensor out_d = poisoned_device(out_dev_shape, c.dtype);
   Tensor lse_d = poisoned_device(lse_dev_shape, DType::f32);
+  // Each case runs twice on freshly poisoned outputs and must give bitwise the same result:
+  // an error that moves between identical runs is a race.
+  Tensor first_out, first_lse;
+  auto run_twice = [&](auto&& call) {
+    call();
+    first_out = to_host(out_d);
+    first_lse = to_host(lse_d);
+    copy(out_d, poisoned_device(out_dev_shape, c.dtype));
+    copy(lse_d, poisoned_device(lse_dev_shape, DType::f32));
+    call();
+  };
   if (!paged) {
     Tensor qkv_d, q_d, k_d, v_d, cu_q_d, cu_k_d;
     ForwardArgs a;
@@ -208,7 +219,7 @@ CheckResult check_forward(const FwdCase& c, std::uint64_t seed) {
     a.lse = lse_d;
     a.params = params;
     a.params.mask = mask_d;
-    attention_forward(a, Backend::cuda);
+    run_twice([&] { attention_forward(a, Backend::cuda); });
   } else {
     // Shuffled page pool; pages and page tails that no sequence owns hold NaN, and unused
     // block-table entries are -1, so a read past a sequence's keys shows up as NaN or a fault.
@@ -277,12 +288,14 @@ CheckResult check_forward(const FwdCase& c, std::uint64_t seed) {
 #if defined(ATTN_WITH_CUDA)
     const std::size_t ws_bytes = ::attn::cuda::forward_workspace_size(p);
     Tensor ws_t = ws_bytes > 0 ? Tensor({std::int64_t(ws_bytes)}, DType::u8, Device::cuda()) : Tensor();
-    ::attn::cuda::forward(p, Workspace{ws_bytes > 0 ? ws_t.data() : nullptr, ws_bytes});
+    run_twice([&] { ::attn::cuda::forward(p, Workspace{ws_bytes > 0 ? ws_t.data() : nullptr, ws_bytes}); });
 #else
     detail::fail("paged checks: this build has no CUDA backend");  // unreachable: no device without it
 #endif
   }
   const Tensor out = to_host(out_d), lse = to_host(lse_d);  // synchronises; reports kernel faults
+  const bool repeatable = std::memcmp(out.data(), first_out.data(), out.nbytes()) == 0 &&
+                          std::memcmp(lse.data(), first_lse.data(), lse.nbytes()) == 0;
 
   // Every element. A row (token, head) that the reference finds fully masked must be exactly
   // 0 with lse -inf; every other row is checked per element (a loose bound that catches NaN,
@@ -339,6 +352,7 @@ CheckResult check_forward(const FwdCase& c, std::uint64_t seed) {
   }
   const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
   if (!(rel <= 3 * u)) fail("out relative l2 error " + std::to_string(rel) + " > " + std::to_string(3 * u));
+  if (!repeatable) fail("two identical runs differ (a race?)");
   std::ostringstream summary;
   summary << "rel_l2 " << rel << " (tol " << 3 * u << "), worst row " << worst_row << " (tol " << 6 * u
           << "), worst lse " << worst_lse << " (tol 2e-4)";
