@@ -175,15 +175,17 @@ def bench_prefill(attn, head_dim, causal, with_flex, rows):
     q, k, v, _ = sets[0]
     reference = sdpa_peer(SDPBackend.FLASH_ATTENTION, q, k, v, causal)()
     err = rel_err(ours[0](), reference)
-    peers = [("attn", ours, err)]
+    # (label, factory of one callable per input set, rel_err); built inside the try so that a
+    # peer that cannot run this shape (or fails to compile) becomes an n/a row.
+    peers = [("attn", lambda: ours, err)]
     for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                            ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
-        peers.append((label, [sdpa_peer(backend, *s[:3], causal) for s in sets], None))
+        peers.append((label, lambda backend=backend: [sdpa_peer(backend, *s[:3], causal) for s in sets], None))
     if with_flex:
-        peers.append(("flex", [flex_peer(*s[:3], causal) for s in sets], None))
-    for label, fns, e in peers:
+        peers.append(("flex", lambda: [flex_peer(*s[:3], causal) for s in sets], None))
+    for label, make, e in peers:
         try:
-            ms = time_ms(fns)
+            ms = time_ms(make())
             rows.append(dict(case=name, impl=label, ms=ms, tflops=flops / ms / 1e9, rel_err=e))
         except Exception as ex:  # a peer without support for this shape
             rows.append(dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
