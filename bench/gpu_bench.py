@@ -173,7 +173,8 @@ def bench_prefill(attn, head_dim, causal, with_flex, rows):
 
     ours = [attn.prepare(q, k, v, o, causal=causal) for q, k, v, o in sets]
     q, k, v, _ = sets[0]
-    reference = sdpa_peer(SDPBackend.FLASH_ATTENTION, q, k, v, causal)()
+    reference = sdpa_peer([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], q, k, v,
+                          causal)()
     err = rel_err(ours[0](), reference)
     # (label, factory of one callable per input set, rel_err); built inside the try so that a
     # peer that cannot run this shape (or fails to compile) becomes an n/a row.
