@@ -474,6 +474,10 @@ std::vector<FwdCase> forward_cases() {
   decode("decode_d256_f16", [](FwdCase& c) { c.head_dim = 256; c.head_dim_v = 256; c.dtype = DType::f16; });
   decode("decode_d192x128_softcap", [](FwdCase& c) { c.head_dim = 192; c.head_dim_v = 128; c.softcap = 20.0f; });
   decode("decode_mha", [](FwdCase& c) { c.heads_q = 8; c.heads_kv = 8; });
+  // A per-head block layout rules out GQA packing; a shared one keeps it. Block row 0 of head
+  // 0 is empty, so that head's query is fully masked across every split.
+  decode("decode_layout_per_head", [](FwdCase& c) { c.block_q = 1; c.block_k = 16; c.per_head_layout = true; });
+  decode("decode_layout_shared", [](FwdCase& c) { c.block_q = 1; c.block_k = 48; c.seqlen_q = 3; c.causal = true; });
 
   // Paged K/V with several page sizes and ragged per-sequence lengths.
   auto paged = [&](const std::string& name, auto&& set) {
