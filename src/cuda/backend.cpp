@@ -57,12 +57,17 @@ Plan plan_forward(const AttentionProblem& p) {
   Plan plan;
   FwdParams& f = plan.params;
   f.p = p;
-  const FwdTile tile = fwd_tile(p.head_dim);
+  const FwdTile short_tile = fwd_tile(p.head_dim, false);
   const int G = p.group_size();
   // Packing the group's query heads into the tile rows lets one K/V load serve all of them;
   // it needs one mask for the whole tile, which a per-head block layout would break.
   const bool one_layout = p.mask.block_layout == nullptr || p.mask.layout_head_stride == 0;
-  f.pack = G > 1 && one_layout && std::int64_t(p.seqlen_q) * G <= tile.block_m ? G : 1;
+  f.pack = G > 1 && one_layout && std::int64_t(p.seqlen_q) * G <= short_tile.block_m ? G : 1;
+  // Tall tiles only where the queries fill more than one short tile: a decode or short
+  // prefill would leave most of the taller tile empty.
+  const bool tall = fwd_has_tall_tile(p.head_dim) && std::int64_t(p.seqlen_q) * f.pack > short_tile.block_m;
+  const FwdTile tile = fwd_tile(p.head_dim, tall);
+  f.block_m = tile.block_m;
   f.slots = f.pack > 1 ? p.heads_kv : p.heads_q;
   ATTN_CHECK(f.slots <= 65535, "q: the cuda backend supports at most 65535 heads, got ", f.slots);
   f.m_tiles = int(ceil_div(std::int64_t(p.seqlen_q) * f.pack, tile.block_m));

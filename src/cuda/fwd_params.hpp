@@ -19,9 +19,16 @@ struct FwdTile {
 inline constexpr int kFwdWarps = 4;
 inline constexpr int kFwdThreads = 32 * kFwdWarps;
 
-ATTN_HD constexpr FwdTile fwd_tile(int head_dim) {
-  // 256: a 64-key tile would need 64 f32 score registers on top of 128 accumulator
-  // registers per thread; 32 keys keeps the kernel under 255 registers without spills.
+/// Heads that also compile a tall tile: 4 warps x 32 rows, which halves the shared-memory
+/// reads per flop (each K/V fragment feeds two m-tiles). Beyond 128 the doubled accumulators
+/// no longer fit in registers.
+ATTN_HD constexpr bool fwd_has_tall_tile(int head_dim) { return head_dim <= 128; }
+
+/// `tall`: the 128-row tile, for query tiles that fill it (see backend.cpp's planner).
+ATTN_HD constexpr FwdTile fwd_tile(int head_dim, bool tall) {
+  // Registers per thread: accumulators Dv / 2 per m-tile plus BN / 2 scores per m-tile. Tall
+  // tiles at 128 take 32 keys (128 + 32 + operands); 256 also takes 32 keys (128 + 16).
+  if (tall) return head_dim <= 64 ? FwdTile{128, 64} : FwdTile{128, 32};
   return head_dim <= 192 ? FwdTile{64, 64} : FwdTile{64, 32};
 }
 
@@ -38,6 +45,7 @@ ATTN_HD constexpr FwdTile fwd_tile(int head_dim) {
 ///   lse_part f32 (n_splits, B, seqlen_q, Hq)
 struct FwdParams {
   detail::AttentionProblem p;
+  int block_m = 64;  ///< tile rows: fwd_tile(head_dim, tall).block_m
   int pack = 1;
   int slots = 0;    ///< grid.y: query heads, or kv heads when packed
   int m_tiles = 0;  ///< query-row tiles per (slot, batch)

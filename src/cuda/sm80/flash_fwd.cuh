@@ -1,6 +1,6 @@
 // FlashAttention-2 forward for sm80+ (mma.sync): one CTA per (query-row tile, slot, batch),
-// 4 warps each owning 16 rows, K/V tiles double-buffered through cp.async, online softmax in
-// registers in the log2 domain.
+// 4 warps each owning 16 rows (64-row tiles) or 32 rows (128-row tiles, long queries), K/V
+// tiles double-buffered through cp.async, online softmax in registers in the log2 domain.
 //
 // Letters: B batch, Sq/Sk this sequence's query/key lengths, D/Dv head dims, BM/BN tile rows
 // and keys (fwd_tile), G group size. Shared memory (T elements, each row padded by 16 bytes so
@@ -38,13 +38,16 @@ __device__ __forceinline__ float tanh_exp2(float y) {
   return copysignf(t, y);
 }
 
-template <class T, int D, int Dv>
+/// MI: 16-row m-tiles per warp (fwd_tile). Two let each K/V fragment read from shared memory
+/// feed two mma instead of one, halving shared-memory traffic per flop for long queries.
+template <class T, int D, int Dv, int MI>
 struct FwdTraits {
-  static constexpr FwdTile kTile = fwd_tile(D);
+  static constexpr FwdTile kTile = fwd_tile(D, MI == 2);
   static constexpr int kBlockM = kTile.block_m;
   static constexpr int kBlockN = kTile.block_n;
-  static_assert(kBlockM == 16 * kFwdWarps, "each warp owns 16 query rows");
+  static_assert(kBlockM == 16 * MI * kFwdWarps, "each warp owns MI m-tiles of 16 query rows");
   static_assert(D % 16 == 0 && Dv % 16 == 0 && Dv <= D, "head dims are multiples of 16, Dv <= D");
+  static_assert(kBlockN / 2 <= 32, "one mask bit per score of an m-tile in a 32-bit word");
   static constexpr int kPad = 8;  // 16 bytes
   static constexpr int kQStride = D + kPad;
   static constexpr int kKStride = D + kPad;
@@ -54,9 +57,9 @@ struct FwdTraits {
   static constexpr int kSmemK = 2 * kBlockN * kKStride;
   static constexpr int kSmemV = 2 * kBlockN * kVStride;
   static constexpr int kSmemBytes = (kSmemQ + kSmemK + kSmemV) * int(sizeof(T));
-  // Q fragments in registers cost D / 4 registers; beyond 128 they would crowd out the
-  // accumulators, so larger heads re-read Q from shared memory for every key tile.
-  static constexpr bool kQInRegs = D <= 128;
+  // Q fragments in registers cost D / 4 registers per m-tile; beyond one m-tile of D <= 128
+  // they would crowd out the accumulators, so Q is re-read from shared memory per key tile.
+  static constexpr bool kQInRegs = MI == 1 && D <= 128;
 };
 
 /// TokenLayout::offset with 32-bit token arithmetic: its 64-bit `t / page_size` compiles to a
@@ -94,9 +97,9 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-template <class T, int D, int Dv>
+template <class T, int D, int Dv, int MI>
 __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_constant__ FwdParams params) {
-  using Tr = FwdTraits<T, D, Dv>;
+  using Tr = FwdTraits<T, D, Dv, MI>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
   constexpr float kNegInf = -INFINITY;
 
@@ -157,22 +160,37 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     });
   };
 
-  // This thread's two rows within the tile (the c0/c1 and c2/c3 halves of each fragment).
-  const int row0 = warp * 16 + lane / 4;
-  int tok[2];
-  bool row_ok[2];
-  for (int h = 0; h < 2; ++h) {
-    const int x = m0 + row0 + 8 * h;
-    row_ok[h] = x < rows;
-    tok[h] = x / pack;
-  }
-  // Warps whose 16 rows are all padding (decode tiles) still load and synchronise, but skip the math.
-  const bool warp_active = m0 + warp * 16 < rows;
+  // This warp owns tile rows [warp_row, warp_row + 16 MI): m-tile mi is rows warp_row + 16 mi
+  // + [0, 16), and this thread holds rows lane / 4 and lane / 4 + 8 of each (the c0/c1 and
+  // c2/c3 halves of every fragment). Index [mi][h] below is row warp_row + 16 mi + lane / 4 + 8 h.
+  const int warp_row = warp * 16 * MI;
+  int tok[MI][2];
+  bool row_ok[MI][2];
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int x = m0 + warp_row + 16 * mi + lane / 4 + 8 * h;
+      row_ok[mi][h] = x < rows;
+      tok[mi][h] = x / pack;
+    }
+  // Warps whose rows are all padding (decode tiles) still load and synchronise, but skip the math.
+  const bool warp_active = m0 + warp_row < rows;
 
-  float o[Dv / 8][4] = {};
-  float m_run[2] = {kNegInf, kNegInf};  // running row max, log2 units
-  float l_run[2] = {0.0f, 0.0f};        // running row sum of exp2(x - m_run), this thread's columns
+  float o[MI][Dv / 8][4] = {};
+  float m_run[MI][2];  // running row max, log2 units
+  float l_run[MI][2];  // running row sum of exp2(x - m_run), this thread's columns
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      m_run[mi][h] = kNegInf;
+      l_run[mi][h] = 0.0f;
+    }
   std::uint32_t qf[Tr::kQInRegs ? D / 16 : 1][4];
+  auto q_frag = [&](std::uint32_t (&a)[4], int mi, int kk) {
+    ldmatrix_x4(a, sQ + (warp_row + 16 * mi + lane % 8 + (lane / 8) % 2 * 8) * Tr::kQStride + kk * 16 + lane / 16 * 8);
+  };
 
   // K and V travel in separate cp.async groups (committed in the order Q, K0, V0, K1, V1, ...)
   // so that Q K^T starts while V is still landing, and each prefetch overlaps the math of the
@@ -194,34 +212,37 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     cp_async_wait<1>();  // Q and K[t] have landed; V[t] may be in flight
     __syncthreads();
 
-    float s[BN / 8][4] = {};
+    float s[MI][BN / 8][4] = {};
     if (warp_active) {
-      auto q_frag = [&](std::uint32_t (&a)[4], int kk) {
-        ldmatrix_x4(a, sQ + (warp * 16 + lane % 8 + (lane / 8) % 2 * 8) * Tr::kQStride + kk * 16 + lane / 16 * 8);
-      };
       if constexpr (Tr::kQInRegs) {
         if (first) {
 #pragma unroll
-          for (int kk = 0; kk < D / 16; ++kk) q_frag(qf[kk], kk);
+          for (int kk = 0; kk < D / 16; ++kk) q_frag(qf[kk], 0, kk);
         }
       }
-      // S = Q K^T for this warp's 16 rows x BN keys.
+      // S = Q K^T for this warp's 16 MI rows x BN keys; each K fragment serves all MI m-tiles.
       const T* sKs = sK + stage * BN * Tr::kKStride;
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        std::uint32_t a[4];
-        if constexpr (Tr::kQInRegs) {
+        std::uint32_t a[MI][4];
 #pragma unroll
-          for (int e = 0; e < 4; ++e) a[e] = qf[kk][e];
-        } else {
-          q_frag(a, kk);
+        for (int mi = 0; mi < MI; ++mi) {
+          if constexpr (Tr::kQInRegs) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[mi][e] = qf[kk][e];
+          } else {
+            q_frag(a[mi], mi, kk);
+          }
         }
 #pragma unroll
         for (int nj = 0; nj < BN / 16; ++nj) {
           std::uint32_t kb[4];
           ldmatrix_x4(kb, sKs + (nj * 16 + lane % 8 + lane / 16 * 8) * Tr::kKStride + kk * 16 + (lane / 8) % 2 * 8);
-          mma_16816<T>(s[2 * nj], a, kb[0], kb[1]);
-          mma_16816<T>(s[2 * nj + 1], a, kb[2], kb[3]);
+#pragma unroll
+          for (int mi = 0; mi < MI; ++mi) {
+            mma_16816<T>(s[mi][2 * nj], a[mi], kb[0], kb[1]);
+            mma_16816<T>(s[mi][2 * nj + 1], a[mi], kb[2], kb[3]);
+          }
         }
       }
     }
@@ -229,61 +250,71 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     if (t_next < t_end) load_k(t_next, stage ^ 1);
     cp_async_commit();
 
-    float scale_old[2] = {1.0f, 1.0f};
     if (warp_active) {
       const int n0 = t * BN;
       if (p.softcap > 0.0f) {
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
+        for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[nt][e] = params.softcap_log2 * tanh_exp2(s[nt][e] * (p.scale / p.softcap));
+          for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              s[mi][nt][e] = params.softcap_log2 * tanh_exp2(s[mi][nt][e] * (p.scale / p.softcap));
       }
       if (kind == TileKind::partial || n0 + BN > Sk) {
-        // One rolled copy of the mask predicate fills a bit per score, instead of BN / 2
-        // unrolled copies of it bloating the kernel; element idx is s[idx / 4][idx % 4].
-        std::uint32_t keep = 0;
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+          // One rolled copy of the mask predicate per m-tile fills a bit per score, instead of
+          // BN / 2 unrolled copies bloating the kernel; bit idx is s[mi][idx / 4][idx % 4].
+          std::uint32_t keep = 0;
 #pragma unroll 1
-        for (int idx = 0; idx < BN / 2; ++idx) {
-          const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
-          const bool upper = idx % 4 >= 2;  // rows row0 + 8
-          // Padding rows (past Sq) keep finite scores; their results are never stored.
-          const bool ok = j < Sk && (!(upper ? row_ok[1] : row_ok[0]) || me.allows(upper ? tok[1] : tok[0], j));
-          keep |= std::uint32_t(ok) << idx;
+          for (int idx = 0; idx < BN / 2; ++idx) {
+            const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
+            const bool upper = idx % 4 >= 2;  // the row lane / 4 + 8
+            // Padding rows (past Sq) keep finite scores; their results are never stored.
+            const bool ok = j < Sk && (!(upper ? row_ok[mi][1] : row_ok[mi][0]) ||
+                                       me.allows(upper ? tok[mi][1] : tok[mi][0], j));
+            keep |= std::uint32_t(ok) << idx;
+          }
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (((keep >> (nt * 4 + e)) & 1u) == 0) s[mi][nt][e] = kNegInf;
         }
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (((keep >> (nt * 4 + e)) & 1u) == 0) s[nt][e] = kNegInf;
       }
 
       // Online softmax: new row max, rescale what was accumulated, exponentiate.
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = kNegInf;
+      for (int mi = 0; mi < MI; ++mi) {
+        float scale_old[2];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-        mx = fmaxf(m_run[h], quad_max(mx) * mul);  // mul > 0 keeps the order and -inf
-        // A row with nothing allowed so far keeps max -inf; subtracting 0 instead keeps
-        // exp2(-inf - -inf) = NaN out and leaves its probabilities at exactly 0.
-        const float base = mx == kNegInf ? 0.0f : mx;
-        scale_old[h] = exp2f(m_run[h] - base);
-        m_run[h] = mx;
-        float sum = 0.0f;
+        for (int h = 0; h < 2; ++h) {
+          float mx = kNegInf;
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-          s[nt][2 * h] = exp2f(fmaf(s[nt][2 * h], mul, -base));
-          s[nt][2 * h + 1] = exp2f(fmaf(s[nt][2 * h + 1], mul, -base));
-          sum += s[nt][2 * h] + s[nt][2 * h + 1];
+          for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mi][nt][2 * h], s[mi][nt][2 * h + 1]));
+          mx = fmaxf(m_run[mi][h], quad_max(mx) * mul);  // mul > 0 keeps the order and -inf
+          // A row with nothing allowed so far keeps max -inf; subtracting 0 instead keeps
+          // exp2(-inf - -inf) = NaN out and leaves its probabilities at exactly 0.
+          const float base = mx == kNegInf ? 0.0f : mx;
+          scale_old[h] = exp2f(m_run[mi][h] - base);
+          m_run[mi][h] = mx;
+          float sum = 0.0f;
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt) {
+            s[mi][nt][2 * h] = exp2f(fmaf(s[mi][nt][2 * h], mul, -base));
+            s[mi][nt][2 * h + 1] = exp2f(fmaf(s[mi][nt][2 * h + 1], mul, -base));
+            sum += s[mi][nt][2 * h] + s[mi][nt][2 * h + 1];
+          }
+          l_run[mi][h] = l_run[mi][h] * scale_old[h] + sum;
         }
-        l_run[h] = l_run[h] * scale_old[h] + sum;
-      }
 #pragma unroll
-      for (int dt = 0; dt < Dv / 8; ++dt) {
-        o[dt][0] *= scale_old[0];
-        o[dt][1] *= scale_old[0];
-        o[dt][2] *= scale_old[1];
-        o[dt][3] *= scale_old[1];
+        for (int dt = 0; dt < Dv / 8; ++dt) {
+          o[mi][dt][0] *= scale_old[0];
+          o[mi][dt][1] *= scale_old[0];
+          o[mi][dt][2] *= scale_old[1];
+          o[mi][dt][3] *= scale_old[1];
+        }
       }
     }
     cp_async_wait<1>();  // V[t] has landed; only K[t_next] may be in flight
@@ -291,19 +322,28 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
 
     if (warp_active) {
       // O += P V. The C layout of two adjacent 8-key score tiles is the A layout of one
-      // 16-key step, so P goes from accumulators to operands without shared memory.
+      // 16-key step, so P goes from accumulators to operands without shared memory; each V
+      // fragment serves all MI m-tiles.
       const T* sVs = sV + stage * BN * Tr::kVStride;
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
-        const std::uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                    pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                    pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        std::uint32_t a[MI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) {
+          a[mi][0] = pack2<T>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+          a[mi][1] = pack2<T>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+          a[mi][2] = pack2<T>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+          a[mi][3] = pack2<T>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int dj = 0; dj < Dv / 16; ++dj) {
           std::uint32_t vb[4];
           ldmatrix_x4_trans(vb, sVs + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * Tr::kVStride + dj * 16 + lane / 16 * 8);
-          mma_16816<T>(o[2 * dj], a, vb[0], vb[1]);
-          mma_16816<T>(o[2 * dj + 1], a, vb[2], vb[3]);
+#pragma unroll
+          for (int mi = 0; mi < MI; ++mi) {
+            mma_16816<T>(o[mi][2 * dj], a[mi], vb[0], vb[1]);
+            mma_16816<T>(o[mi][2 * dj + 1], a[mi], vb[2], vb[3]);
+          }
         }
       }
     }
@@ -316,29 +356,34 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   }
 
   // Epilogue. A row that allowed nothing has l = 0: output 0 and lse -inf, never NaN.
-  float inv_l[2], lse[2];
+  float inv_l[MI][2], lse[MI][2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float l = quad_sum(l_run[h]);
-    inv_l[h] = l > 0.0f ? 1.0f / l : 0.0f;
-    lse[h] = l > 0.0f ? (m_run[h] + __log2f(l)) * kLn2 : kNegInf;
-  }
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float l = quad_sum(l_run[mi][h]);
+      inv_l[mi][h] = l > 0.0f ? 1.0f / l : 0.0f;
+      lse[mi][h] = l > 0.0f ? (m_run[mi][h] + __log2f(l)) * kLn2 : kNegInf;
+    }
   const int Hq = p.heads_q;
   auto head_of = [&](int x) { return pack > 1 ? slot * pack + x % pack : slot; };
 
   if (params.n_splits > 1) {
     // Partials in f32, straight from registers (the combine kernel reads them once).
-    for (int h = 0; h < 2; ++h) {
-      if (!row_ok[h] || !warp_active) continue;
-      const int x = m0 + row0 + 8 * h;
-      const std::int64_t row = ((std::int64_t(split) * p.batch + b) * p.seqlen_q + tok[h]) * Hq + head_of(x);
-      float* dst = params.o_part + row * Dv;
 #pragma unroll
-      for (int dt = 0; dt < Dv / 8; ++dt)
-        *reinterpret_cast<float2*>(dst + dt * 8 + lane % 4 * 2) =
-            make_float2(o[dt][2 * h] * inv_l[h], o[dt][2 * h + 1] * inv_l[h]);
-      if (lane % 4 == 0) params.lse_part[row] = lse[h];
-    }
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (!row_ok[mi][h] || !warp_active) continue;
+        const int x = m0 + warp_row + 16 * mi + lane / 4 + 8 * h;
+        const std::int64_t row = ((std::int64_t(split) * p.batch + b) * p.seqlen_q + tok[mi][h]) * Hq + head_of(x);
+        float* dst = params.o_part + row * Dv;
+#pragma unroll
+        for (int dt = 0; dt < Dv / 8; ++dt)
+          *reinterpret_cast<float2*>(dst + dt * 8 + lane % 4 * 2) =
+              make_float2(o[mi][dt][2 * h] * inv_l[mi][h], o[mi][dt][2 * h + 1] * inv_l[mi][h]);
+        if (lane % 4 == 0) params.lse_part[row] = lse[mi][h];
+      }
     cp_async_wait<0>();  // a split that visited no key tile must not exit with its Q copy in flight
     return;
   }
@@ -349,11 +394,14 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   T* sO = sQ;
   if (warp_active) {
 #pragma unroll
-    for (int dt = 0; dt < Dv / 8; ++dt)
+    for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<std::uint32_t*>(sO + (row0 + 8 * h) * Tr::kOStride + dt * 8 + lane % 4 * 2) =
-            pack2<T>(o[dt][2 * h] * inv_l[h], o[dt][2 * h + 1] * inv_l[h]);
+      for (int dt = 0; dt < Dv / 8; ++dt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<std::uint32_t*>(sO + (warp_row + 16 * mi + lane / 4 + 8 * h) * Tr::kOStride + dt * 8 +
+                                            lane % 4 * 2) =
+              pack2<T>(o[mi][dt][2 * h] * inv_l[mi][h], o[mi][dt][2 * h + 1] * inv_l[mi][h]);
   }
   __syncthreads();
   T* out = static_cast<T*>(p.out);
@@ -366,23 +414,35 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         *reinterpret_cast<const uint4*>(sO + r * Tr::kOStride + c * 8);
   }
   if (p.lse != nullptr && lane % 4 == 0 && warp_active) {
-    for (int h = 0; h < 2; ++h) {
-      const int x = m0 + row0 + 8 * h;
-      if (x < rows) p.lse[row_offset(p.lse_layout, b, tok[h], head_of(x))] = lse[h];
-    }
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int x = m0 + warp_row + 16 * mi + lane / 4 + 8 * h;
+        if (x < rows) p.lse[row_offset(p.lse_layout, b, tok[mi][h], head_of(x))] = lse[mi][h];
+      }
   }
 }
 
-template <class T, int D, int Dv>
-void launch_fwd(const FwdParams& params, cudaStream_t stream) {
-  using Tr = FwdTraits<T, D, Dv>;
-  const auto kernel = flash_fwd_kernel<T, D, Dv>;
-  constexpr int smem = Tr::kSmemBytes;
+template <class T, int D, int Dv, int MI>
+void launch_fwd_tile(const FwdParams& params, cudaStream_t stream) {
+  const auto kernel = flash_fwd_kernel<T, D, Dv, MI>;
+  constexpr int smem = FwdTraits<T, D, Dv, MI>::kSmemBytes;
   // Above 48 KB a kernel must opt in to its dynamic shared memory.
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid(unsigned(params.m_tiles * params.n_splits), unsigned(params.slots), unsigned(params.p.batch));
   kernel<<<grid, kFwdThreads, smem, stream>>>(params);
   ATTN_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
+}
+
+/// The planner picked the tile height (FwdParams::block_m); only heads with a tall tile in
+/// fwd_tile compile one.
+template <class T, int D, int Dv>
+void launch_fwd(const FwdParams& params, cudaStream_t stream) {
+  if constexpr (fwd_has_tall_tile(D)) {
+    if (params.block_m == fwd_tile(D, true).block_m) return launch_fwd_tile<T, D, Dv, 2>(params, stream);
+  }
+  launch_fwd_tile<T, D, Dv, 1>(params, stream);
 }
 
 }  // namespace attn::cuda::sm80
