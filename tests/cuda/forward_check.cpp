@@ -384,6 +384,19 @@ std::vector<FwdCase> forward_cases() {
       add(c);
     }
 
+  // Queries that fit one 64-row tile (the short tile; longer queries take the 128-row tile at
+  // D <= 128), so both tile heights meet the non-decode paths.
+  for (int d : {64, 128}) {
+    FwdCase c;
+    c.name = "short_tile_d" + std::to_string(d);
+    c.head_dim = d;
+    c.head_dim_v = d;
+    c.seqlen_q = 60;
+    c.seqlen_k = 300;
+    c.causal = d == 128;
+    add(c);
+  }
+
   // Masks, one part at a time and some combinations.
   FwdCase m;
   m.heads_q = 2;
