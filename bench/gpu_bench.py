@@ -120,7 +120,6 @@ def ceilings():
     src.random_(0, 255)
     copy_ms = time_ms([lambda: dst.copy_(src)])
     copy_gbs = 2 * n / copy_ms / 1e6
-    del src, dst
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     mm_ms = time_ms([lambda: a @ b])
@@ -159,7 +158,13 @@ def flex_peer(q, k, v, causal):
     return lambda: compiled(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
 
 
-def bench_prefill(attn, head_dim, causal, with_flex, rows):
+def record(rows, row):
+    """Keeps a result and prints it at once, so a run cut short still shows what it measured."""
+    rows.append(row)
+    print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def bench_prefill(attn, head_dim, causal, rows, peers_only=None):
     seqlen, tokens, width = 4096, 16384, 2048
     B, H, D = tokens // seqlen, width // head_dim, head_dim
     set_bytes = 4 * B * seqlen * H * D * 2
@@ -171,25 +176,26 @@ def bench_prefill(attn, head_dim, causal, with_flex, rows):
     flops = 4 * B * H * seqlen * seqlen * D * (0.5 if causal else 1.0)
     name = f"prefill d{D} {'causal' if causal else 'full'}"
 
-    ours = [attn.prepare(q, k, v, o, causal=causal) for q, k, v, o in sets]
-    q, k, v, _ = sets[0]
-    reference = sdpa_peer([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], q, k, v,
-                          causal)()
-    err = rel_err(ours[0](), reference)
     # (label, factory of one callable per input set, rel_err); built inside the try so that a
     # peer that cannot run this shape (or fails to compile) becomes an n/a row.
-    peers = [("attn", lambda: ours, err)]
-    for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
-                           ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
-        peers.append((label, lambda backend=backend: [sdpa_peer(backend, *s[:3], causal) for s in sets], None))
-    if with_flex:
+    peers = []
+    if peers_only is None:
+        ours = [attn.prepare(q, k, v, o, causal=causal) for q, k, v, o in sets]
+        q, k, v, _ = sets[0]
+        reference = sdpa_peer([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], q, k, v,
+                              causal)()
+        peers.append(("attn", lambda: ours, rel_err(ours[0](), reference)))
+        for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                               ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+            peers.append((label, lambda backend=backend: [sdpa_peer(backend, *s[:3], causal) for s in sets], None))
+    elif peers_only == "flex":
         peers.append(("flex", lambda: [flex_peer(*s[:3], causal) for s in sets], None))
     for label, make, e in peers:
         try:
             ms = time_ms(make())
-            rows.append(dict(case=name, impl=label, ms=ms, tflops=flops / ms / 1e9, rel_err=e))
+            record(rows, dict(case=name, impl=label, ms=ms, tflops=flops / ms / 1e9, rel_err=e))
         except Exception as ex:  # a peer without support for this shape
-            rows.append(dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
+            record(rows, dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
 
 
 def bench_decode(attn, rows):
@@ -222,9 +228,9 @@ def bench_decode(attn, rows):
             result = fn()
             err = rel_err(result[:4], ref) if check else None
             ms = time_ms([fn])
-            rows.append(dict(case=name, impl=label, ms=ms, gbs=bytes_moved / ms / 1e6, rel_err=err))
+            record(rows, dict(case=name, impl=label, ms=ms, gbs=bytes_moved / ms / 1e6, rel_err=err))
         except Exception as ex:
-            rows.append(dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
+            record(rows, dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
 
 
 def main():
@@ -237,11 +243,15 @@ def main():
     attn = Attn(args.lib)
     dev = torch.cuda.get_device_name()
     copy_gbs, mm_tflops = ceilings()
+    print(f"{dev}: copy {copy_gbs:.0f} GB/s, bf16 matmul {mm_tflops:.0f} TFLOP/s", flush=True)
     rows = []
     for head_dim in [128] if args.quick else [64, 128, 256]:
         for causal in (False, True):
-            bench_prefill(attn, head_dim, causal, with_flex=not args.quick and head_dim == 128, rows=rows)
+            bench_prefill(attn, head_dim, causal, rows)
     bench_decode(attn, rows)
+    if not args.quick:  # last: compiling FlexAttention takes the longest
+        for causal in (False, True):
+            bench_prefill(attn, 128, causal, rows, peers_only="flex")
 
     print(f"{dev}: copy {copy_gbs:.0f} GB/s (read + write), bf16 matmul 8192^3 {mm_tflops:.0f} TFLOP/s")
     print(f"{'case':<22} {'impl':<16} {'ms':>8} {'TFLOP/s':>8} {'GB/s':>7} {'%ceil':>6} {'rel_err':>8}")
