@@ -15,6 +15,7 @@ namespace attn::cuda {
 struct FwdTile {
   int block_m;  ///< query rows per CTA
   int block_n;  ///< keys per pipeline stage
+  int stages;   ///< K/V tiles in shared memory: stages - 1 in flight while one is computed
 };
 inline constexpr int kFwdWarps = 4;
 inline constexpr int kFwdThreads = 32 * kFwdWarps;
@@ -25,11 +26,14 @@ inline constexpr int kFwdThreads = 32 * kFwdWarps;
 ATTN_HD constexpr bool fwd_has_tall_tile(int head_dim) { return head_dim <= 128; }
 
 /// `tall`: the 128-row tile, for query tiles that fill it (see backend.cpp's planner).
+/// Registers per thread: accumulators Dv / 2 per m-tile plus BN / 2 scores per m-tile; tall
+/// tiles at 96 and 128 take 32 keys (255 registers, no spills). Stages: the most that keep two
+/// CTAs per SM on an H100 (about 113 KB of shared memory each), so that decode, which is
+/// bound by memory latency, keeps several tiles in flight per CTA.
 ATTN_HD constexpr FwdTile fwd_tile(int head_dim, bool tall) {
-  // Registers per thread: accumulators Dv / 2 per m-tile plus BN / 2 scores per m-tile. Tall
-  // tiles at 128 take 32 keys (128 + 32 + operands); 256 also takes 32 keys (128 + 16).
-  if (tall) return head_dim <= 64 ? FwdTile{128, 64} : FwdTile{128, 32};
-  return head_dim <= 192 ? FwdTile{64, 64} : FwdTile{64, 32};
+  if (tall) return head_dim <= 64 ? FwdTile{128, 64, 3} : FwdTile{128, 32, 3};
+  if (head_dim <= 128) return FwdTile{64, 32, 4};
+  return head_dim <= 192 ? FwdTile{64, 32, 3} : FwdTile{64, 32, 2};
 }
 
 /// Launch plan and problem for one forward call.

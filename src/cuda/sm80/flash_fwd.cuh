@@ -6,8 +6,12 @@
 // and keys (fwd_tile), G group size. Shared memory (T elements, each row padded by 16 bytes so
 // the 8 rows that one ldmatrix reads fall in 8 different bank groups):
 //   sQ (BM, D + 8)               reused for the output tile (BM, Dv + 8) in the epilogue
-//   sK (2, BN, D + 8)            stage s holds key tile t when t is the s-th visited, mod 2
-//   sV (2, BN, Dv + 8)
+//   sK (kStages, BN, D + 8)      the i-th visited key tile sits in stage i % kStages
+//   sV (kStages, BN, Dv + 8)
+//
+// Pipeline: kStages (fwd_tile) K+V stages; while the CTA computes tile t, the loads of the next
+// kStages - 1 tiles it visits are in flight, so each load has at least a whole tile of math
+// to land. One barrier per tile.
 //
 // One kernel serves padded, packed and paged K/V (TokenLayout gathers rows one token at a
 // time), GQA (slot -> kv head), decode (GQA packing + KV splits, see FwdParams) and every mask
@@ -45,6 +49,8 @@ struct FwdTraits {
   static constexpr FwdTile kTile = fwd_tile(D, MI == 2);
   static constexpr int kBlockM = kTile.block_m;
   static constexpr int kBlockN = kTile.block_n;
+  static constexpr int kStages = kTile.stages;
+  static_assert(kStages >= 2, "at least one tile in flight while another is computed");
   static_assert(kBlockM == 16 * MI * kFwdWarps, "each warp owns MI m-tiles of 16 query rows");
   static_assert(D % 16 == 0 && Dv % 16 == 0 && Dv <= D, "head dims are multiples of 16, Dv <= D");
   static_assert(kBlockN / 2 <= 32, "one mask bit per score of an m-tile in a 32-bit word");
@@ -54,8 +60,8 @@ struct FwdTraits {
   static constexpr int kVStride = Dv + kPad;
   static constexpr int kOStride = Dv + kPad;
   static constexpr int kSmemQ = kBlockM * kQStride;
-  static constexpr int kSmemK = 2 * kBlockN * kKStride;
-  static constexpr int kSmemV = 2 * kBlockN * kVStride;
+  static constexpr int kSmemK = kStages * kBlockN * kKStride;
+  static constexpr int kSmemV = kStages * kBlockN * kVStride;
   static constexpr int kSmemBytes = (kSmemQ + kSmemK + kSmemV) * int(sizeof(T));
   // Q fragments in registers cost D / 4 registers per m-tile; beyond one m-tile of D <= 128
   // they would crowd out the accumulators, so Q is re-read from shared memory per key tile.
@@ -147,14 +153,11 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   cp_async_commit();
   // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
   // finite values where P is 0.
-  auto load_k = [&](int t, int stage) {
+  auto load_kv = [&](int t, int stage) {
     const int n0 = t * BN;
     load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, [&](int r) -> const T* {
       return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
     });
-  };
-  auto load_v = [&](int t, int stage) {
-    const int n0 = t * BN;
     load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, [&](int r) -> const T* {
       return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
     });
@@ -164,16 +167,9 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   // + [0, 16), and this thread holds rows lane / 4 and lane / 4 + 8 of each (the c0/c1 and
   // c2/c3 halves of every fragment). Index [mi][h] below is row warp_row + 16 mi + lane / 4 + 8 h.
   const int warp_row = warp * 16 * MI;
-  int tok[MI][2];
-  bool row_ok[MI][2];
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int x = m0 + warp_row + 16 * mi + lane / 4 + 8 * h;
-      row_ok[mi][h] = x < rows;
-      tok[mi][h] = x / pack;
-    }
+  // Tile row of (mi, h); its query is row / pack. Recomputed where needed rather than held
+  // in registers across the main loop, which the tall tile's accumulators fill.
+  auto tile_row = [&](int mi, int h) { return warp_row + 16 * mi + lane / 4 + 8 * h; };
   // Warps whose rows are all padding (decode tiles) still load and synchronise, but skip the math.
   const bool warp_active = m0 + warp_row < rows;
 
@@ -192,25 +188,36 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     ldmatrix_x4(a, sQ + (warp_row + 16 * mi + lane % 8 + (lane / 8) % 2 * 8) * Tr::kQStride + kk * 16 + lane / 16 * 8);
   };
 
-  // K and V travel in separate cp.async groups (committed in the order Q, K0, V0, K1, V1, ...)
-  // so that Q K^T starts while V is still landing, and each prefetch overlaps the math of the
-  // tile before it. Every iteration commits exactly two groups, empty or not, so the counts
-  // in cp_async_wait hold at the last tile too.
+  // One cp.async group per visited tile, committed in visiting order after Q's (empty groups
+  // past the last tile keep the count): the prologue puts kStages - 1 tiles in flight.
+  constexpr int kStages = Tr::kStages;
   int t = next_tile(t_begin);
-  if (t < t_end) load_k(t, 0);
-  cp_async_commit();
-  if (t < t_end) load_v(t, 0);
-  cp_async_commit();
-  int stage = 0;
+  int t_issue = t;  // next tile to load
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (t_issue < t_end) {
+      load_kv(t_issue, st);
+      t_issue = next_tile(t_issue + 1);
+    }
+    cp_async_commit();
+  }
+  int stage = 0, issue_stage = kStages - 1;
   bool first = true;
   // Scores in log2 units are s * mul: scores stay raw until the exp2, where the scale folds
   // into one FFMA. Soft-capped scores are already in log2 units.
   const float mul = p.softcap > 0.0f ? 1.0f : params.scale_log2;
   while (t < t_end) {
     const TileKind kind = tile_kind(t);
-    const int t_next = next_tile(t + 1);
-    cp_async_wait<1>();  // Q and K[t] have landed; V[t] may be in flight
+    cp_async_wait<kStages - 2>();  // tile t has landed (later ones may be in flight)
+    // Tile t is visible to every thread, and every warp is done with the previous tile, whose
+    // stage the next load reuses.
     __syncthreads();
+    if (t_issue < t_end) {
+      load_kv(t_issue, issue_stage);
+      t_issue = next_tile(t_issue + 1);
+    }
+    cp_async_commit();
+    issue_stage = issue_stage + 1 == kStages ? 0 : issue_stage + 1;
 
     float s[MI][BN / 8][4] = {};
     if (warp_active) {
@@ -246,9 +253,6 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         }
       }
     }
-    // The other K stage held K[t-1], which every warp finished reading before the barrier above.
-    if (t_next < t_end) load_k(t_next, stage ^ 1);
-    cp_async_commit();
 
     if (warp_active) {
       const int n0 = t * BN;
@@ -270,10 +274,9 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
 #pragma unroll 1
           for (int idx = 0; idx < BN / 2; ++idx) {
             const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
-            const bool upper = idx % 4 >= 2;  // the row lane / 4 + 8
+            const int x = m0 + tile_row(mi, idx % 4 >= 2 ? 1 : 0);
             // Padding rows (past Sq) keep finite scores; their results are never stored.
-            const bool ok = j < Sk && (!(upper ? row_ok[mi][1] : row_ok[mi][0]) ||
-                                       me.allows(upper ? tok[mi][1] : tok[mi][0], j));
+            const bool ok = j < Sk && (x >= rows || me.allows(x / pack, j));
             keep |= std::uint32_t(ok) << idx;
           }
 #pragma unroll
@@ -317,9 +320,6 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         }
       }
     }
-    cp_async_wait<1>();  // V[t] has landed; only K[t_next] may be in flight
-    __syncthreads();
-
     if (warp_active) {
       // O += P V. The C layout of two adjacent 8-key score tiles is the A layout of one
       // 16-key step, so P goes from accumulators to operands without shared memory; each V
@@ -347,12 +347,9 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
         }
       }
     }
-    // The other V stage held V[t-1], which every warp finished reading before the barrier above.
-    if (t_next < t_end) load_v(t_next, stage ^ 1);
-    cp_async_commit();
     first = false;
-    stage ^= 1;
-    t = t_next;
+    stage = stage + 1 == kStages ? 0 : stage + 1;
+    t = next_tile(t + 1);
   }
 
   // Epilogue. A row that allowed nothing has l = 0: output 0 and lse -inf, never NaN.
@@ -374,9 +371,9 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        if (!row_ok[mi][h] || !warp_active) continue;
-        const int x = m0 + warp_row + 16 * mi + lane / 4 + 8 * h;
-        const std::int64_t row = ((std::int64_t(split) * p.batch + b) * p.seqlen_q + tok[mi][h]) * Hq + head_of(x);
+        const int x = m0 + tile_row(mi, h);
+        if (x >= rows || !warp_active) continue;
+        const std::int64_t row = ((std::int64_t(split) * p.batch + b) * p.seqlen_q + x / pack) * Hq + head_of(x);
         float* dst = params.o_part + row * Dv;
 #pragma unroll
         for (int dt = 0; dt < Dv / 8; ++dt)
@@ -419,7 +416,7 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int x = m0 + warp_row + 16 * mi + lane / 4 + 8 * h;
-        if (x < rows) p.lse[row_offset(p.lse_layout, b, tok[mi][h], head_of(x))] = lse[mi][h];
+        if (x < rows) p.lse[row_offset(p.lse_layout, b, x / pack, head_of(x))] = lse[mi][h];
       }
   }
 }
