@@ -103,8 +103,11 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// Launch bounds (128, 2): shared memory allows about two CTAs per SM; without the 2, ptxas
+// capped some variants at 128 or 168 registers (an occupancy the shared memory rules out) and
+// spilled.
 template <class T, int D, int Dv, int MI>
-__global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_constant__ FwdParams params) {
+__global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_constant__ FwdParams params) {
   using Tr = FwdTraits<T, D, Dv, MI>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
   constexpr float kNegInf = -INFINITY;
@@ -136,7 +139,11 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   const int t_first = k_lo / BN, t_last = k_hi > k_lo ? (k_hi + BN - 1) / BN : t_first;
   const int per_split = (t_last - t_first + params.n_splits - 1) / params.n_splits;
   const int t_begin = min(t_last, t_first + split * per_split), t_end = min(t_last, t_begin + per_split);
-  auto tile_kind = [&](int t) { return me.classify(i_lo, i_hi, t * BN, min(Sk, (t + 1) * BN)); };
+  // Without a mask every reachable tile is full: skip the classification in the loop.
+  const bool no_mask = p.mask.is_full();
+  auto tile_kind = [&](int t) {
+    return no_mask ? TileKind::full : me.classify(i_lo, i_hi, t * BN, min(Sk, (t + 1) * BN));
+  };
   auto next_tile = [&](int t) {
     while (t < t_end && tile_kind(t) == TileKind::empty) ++t;
     return t;
@@ -153,13 +160,22 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
   cp_async_commit();
   // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
   // finite values where P is 0.
+  // Padded and packed rows of one (sequence, kv head) are evenly strided from row 0; only
+  // paged rows need the block table. (Row 0 is recomputed per tile: keeping it across the
+  // loop costs the tall tile registers it does not have.)
   auto load_kv = [&](int t, int stage) {
     const int n0 = t * BN;
+    const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(b, 0, hk) : k;
+    const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(b, 0, hk) : v;
     load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, [&](int r) -> const T* {
-      return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
+      if (n0 + r >= Sk) return nullptr;
+      return p.k_layout.block_table != nullptr ? k + row_offset(p.k_layout, b, n0 + r, hk)
+                                               : k_row0 + std::int64_t(n0 + r) * p.k_layout.token_stride;
     });
     load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, [&](int r) -> const T* {
-      return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
+      if (n0 + r >= Sk) return nullptr;
+      return p.v_layout.block_table != nullptr ? v + row_offset(p.v_layout, b, n0 + r, hk)
+                                               : v_row0 + std::int64_t(n0 + r) * p.v_layout.token_stride;
     });
   };
 
@@ -311,12 +327,15 @@ __global__ void __launch_bounds__(kFwdThreads) flash_fwd_kernel(const __grid_con
           }
           l_run[mi][h] = l_run[mi][h] * scale_old[h] + sum;
         }
+        // Once the row maxima settle, whole warps skip the Dv / 2 multiplications by 1.
+        if (__any_sync(0xffffffffu, scale_old[0] != 1.0f || scale_old[1] != 1.0f)) {
 #pragma unroll
-        for (int dt = 0; dt < Dv / 8; ++dt) {
-          o[mi][dt][0] *= scale_old[0];
-          o[mi][dt][1] *= scale_old[0];
-          o[mi][dt][2] *= scale_old[1];
-          o[mi][dt][3] *= scale_old[1];
+          for (int dt = 0; dt < Dv / 8; ++dt) {
+            o[mi][dt][0] *= scale_old[0];
+            o[mi][dt][1] *= scale_old[0];
+            o[mi][dt][2] *= scale_old[1];
+            o[mi][dt][3] *= scale_old[1];
+          }
         }
       }
     }
