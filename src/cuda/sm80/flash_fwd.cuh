@@ -141,6 +141,9 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   const int t_begin = min(t_last, t_first + split * per_split), t_end = min(t_last, t_begin + per_split);
   // Without a mask every reachable tile is full: skip the classification in the loop.
   const bool no_mask = p.mask.is_full();
+  // Causal and plain windows allow one key interval per row (MaskEval::interval).
+  const bool interval_mask = p.mask.dilation == 0 && p.mask.strided == 0 && p.mask.fixed_stride == 0 &&
+                             p.mask.block_layout == nullptr && p.mask.num_global == 0;
   auto tile_kind = [&](int t) {
     return no_mask ? TileKind::full : me.classify(i_lo, i_hi, t * BN, min(Sk, (t + 1) * BN));
   };
@@ -281,7 +284,24 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
             for (int e = 0; e < 4; ++e)
               s[mi][nt][e] = params.softcap_log2 * tanh_exp2(s[mi][nt][e] * (p.scale / p.softcap));
       }
-      if (kind == TileKind::partial || n0 + BN > Sk) {
+      if ((kind == TileKind::partial || n0 + BN > Sk) && interval_mask) {
+        // Causal / window masks: one key interval per row, compared unrolled.
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int x = m0 + tile_row(mi, h);
+            int lo = 0, hi = Sk - 1;  // padding rows (past Sq) keep finite scores; never stored
+            if (x < rows) me.interval(x / pack + me.offset(), lo, hi);
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int j = n0 + nt * 8 + lane % 4 * 2 + e;
+                if (j < lo || j > hi) s[mi][nt][2 * h + e] = kNegInf;
+              }
+          }
+      } else if (kind == TileKind::partial || n0 + BN > Sk) {
 #pragma unroll
         for (int mi = 0; mi < MI; ++mi) {
           // One rolled copy of the mask predicate per m-tile fills a bit per score, instead of
