@@ -21,11 +21,11 @@ constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b 
 constexpr int kMaxSplits = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
-int current_sm_count() {
-  int dev = 0, sms = 0;
+int current_device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
   ATTN_CUDA_CHECK(cudaGetDevice(&dev));
-  ATTN_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return sms;
+  ATTN_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
 }
 
 /// The kernels copy rows 16 bytes at a time (cp.async, vector stores).
@@ -79,11 +79,17 @@ Plan plan_forward(const AttentionProblem& p) {
   const std::int64_t ctas = std::int64_t(f.m_tiles) * f.slots * p.batch;
   const std::int64_t key_tiles = ceil_div(p.seqlen_k, tile.block_n);
   if (ctas > 0 && key_tiles >= 4) {
-    const std::int64_t want = ceil_div(2 * std::int64_t(current_sm_count()), ctas);
+    const std::int64_t want = ceil_div(2 * std::int64_t(current_device_attribute(cudaDevAttrMultiProcessorCount)), ctas);
     f.n_splits = int(std::clamp<std::int64_t>(std::min(want, key_tiles / 2), 1, kMaxSplits));
   }
-  ATTN_CHECK(std::int64_t(f.m_tiles) * f.n_splits < (std::int64_t(1) << 31), "q: seqlen_q ", p.seqlen_q,
-             " is too long for one launch");
+  ATTN_CHECK(std::int64_t(f.m_tiles) * f.n_splits * f.slots * p.batch < (std::int64_t(1) << 31),
+             "q: batch x heads x seqlen_q is too large for one launch");
+  // Heavy-first launch order inside groups of (slot, batch) pairs whose K/V take at most half
+  // of the L2 together, so the m-tiles of a pair still find its K/V there.
+  const std::int64_t kv_pair_bytes =
+      std::max<std::int64_t>(1, std::int64_t(p.seqlen_k) * (p.head_dim + p.head_dim_v) * std::int64_t(dtype_size(p.dtype)));
+  const std::int64_t l2_bytes = current_device_attribute(cudaDevAttrL2CacheSize);
+  f.pairs_per_group = int(std::clamp<std::int64_t>(l2_bytes / 2 / kv_pair_bytes, 1, std::int64_t(f.slots) * p.batch));
   if (f.n_splits > 1) {
     const std::size_t rows = std::size_t(f.n_splits) * std::size_t(p.batch) * std::size_t(p.seqlen_q) *
                              std::size_t(p.heads_q);

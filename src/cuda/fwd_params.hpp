@@ -32,7 +32,7 @@ ATTN_HD constexpr bool fwd_has_tall_tile(int head_dim) { return head_dim <= 128;
 /// bound by memory latency, keeps several tiles in flight per CTA.
 ATTN_HD constexpr FwdTile fwd_tile(int head_dim, bool tall) {
   if (tall) return head_dim <= 64 ? FwdTile{128, 64, 3} : FwdTile{128, 32, 3};
-  if (head_dim <= 128) return FwdTile{64, 32, 4};
+  if (head_dim <= 128) return FwdTile{64, 32, 5};
   return head_dim <= 192 ? FwdTile{64, 32, 3} : FwdTile{64, 32, 2};
 }
 
@@ -51,9 +51,10 @@ struct FwdParams {
   detail::AttentionProblem p;
   int block_m = 64;  ///< tile rows: fwd_tile(head_dim, tall).block_m
   int pack = 1;
-  int slots = 0;    ///< grid.y: query heads, or kv heads when packed
+  int slots = 0;    ///< query heads, or kv heads when packed
   int m_tiles = 0;  ///< query-row tiles per (slot, batch)
   int n_splits = 1;
+  int pairs_per_group = 1;  ///< (slot, batch) pairs scheduled together (launch order, see the kernel)
   float scale_log2 = 0;    ///< scale * log2(e): scores go straight to exp2
   float softcap_log2 = 0;  ///< softcap * log2(e)
   float* o_part = nullptr;

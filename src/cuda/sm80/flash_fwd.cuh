@@ -82,12 +82,14 @@ __device__ __forceinline__ std::int64_t row_offset(const detail::TokenLayout& l,
 
 /// Copies `ROWS` x `COLS` elements of T, 16 bytes per cp.async, from the global rows that
 /// `row_ptr(r)` returns (nullptr: zero fill) into shared memory rows of `stride` elements.
-/// `base` is any valid global address, named by the zero-filling copies that read nothing.
+/// Thread `tid` of `nthreads` loaders takes chunks tid, tid + nthreads, ...; a negative tid
+/// loads nothing. `base` is any valid global address, named by the zero-filling copies.
 template <class T, int ROWS, int COLS, class RowPtr>
-__device__ __forceinline__ void load_tile_async(T* smem, int stride, const T* base, RowPtr row_ptr) {
+__device__ __forceinline__ void load_tile_async(T* smem, int stride, const T* base, int tid, int nthreads,
+                                                RowPtr row_ptr) {
   constexpr int kChunks = COLS / 8;
-#pragma unroll
-  for (int id = int(threadIdx.x); id < ROWS * kChunks; id += kFwdThreads) {
+  if (tid < 0) return;
+  for (int id = tid; id < ROWS * kChunks; id += nthreads) {
     const int r = id / kChunks, c = id % kChunks;
     const T* src = row_ptr(r);
     cp_async_16(smem + r * stride + c * 8, src != nullptr ? src + c * 8 : base, src != nullptr);
@@ -119,10 +121,19 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
 
   const detail::AttentionProblem& p = params.p;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const int split = int(blockIdx.x) % params.n_splits;
-  // Reversed so that under a causal mask the CTAs with the most key tiles start first.
-  const int m_tile = params.m_tiles - 1 - int(blockIdx.x) / params.n_splits;
-  const int slot = int(blockIdx.y), b = int(blockIdx.z);
+  // Launch order: groups of pairs_per_group (slot, batch) pairs whose K/V fit in L2 together;
+  // within a group the m-tiles run from last to first, so that under a causal mask the CTAs
+  // with the most key tiles start first and the short ones fill the tail; splits fastest.
+  const int per_pair = params.m_tiles * params.n_splits;
+  const int pairs = params.slots * p.batch;
+  const int group_ctas = params.pairs_per_group * per_pair;
+  const int group = int(blockIdx.x) / group_ctas;
+  const int in_group = min(params.pairs_per_group, pairs - group * params.pairs_per_group);
+  const int rank = int(blockIdx.x) - group * group_ctas;  // < in_group * per_pair
+  const int m_tile = params.m_tiles - 1 - rank / (in_group * params.n_splits);
+  const int split = rank % params.n_splits;
+  const int pair = group * params.pairs_per_group + rank % (in_group * params.n_splits) / params.n_splits;
+  const int slot = pair % params.slots, b = pair / params.slots;
   const int pack = params.pack;
   const int Sq = p.seqlen_q_of(b), Sk = p.seqlen_k_of(b);
   const int rows = Sq * pack;  // valid tile rows of this (slot, batch)
@@ -155,12 +166,19 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
-  load_tile_async<T, BM, D>(sQ, Tr::kQStride, q, [&](int r) -> const T* {
+  load_tile_async<T, BM, D>(sQ, Tr::kQStride, q, int(threadIdx.x), kFwdThreads, [&](int r) -> const T* {
     const int x = m0 + r;
     if (x >= rows) return nullptr;
     return q + row_offset(p.q_layout, b, x / pack, pack > 1 ? slot * pack + x % pack : slot);
   });
   cp_async_commit();
+  // In short tiles, K/V loads come from the warps that own no rows when there are any (decode):
+  // the math warp's issue slots then go to math alone, and block-table lookups leave its path.
+  // Tall tiles (long queries) keep every thread loading, with no registers spent on this.
+  const int active_warps = min(kFwdWarps, (rows - m0 + 16 * MI - 1) / (16 * MI));
+  const int load_first = MI == 1 && active_warps < kFwdWarps ? 32 * active_warps : 0;
+  const int load_tid = int(threadIdx.x) - load_first;
+  const int load_threads = MI == 1 ? kFwdThreads - load_first : kFwdThreads;
   // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
   // finite values where P is 0.
   // Padded and packed rows of one (sequence, kv head) are evenly strided from row 0; only
@@ -170,12 +188,14 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
     const int n0 = t * BN;
     const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(b, 0, hk) : k;
     const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(b, 0, hk) : v;
-    load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, [&](int r) -> const T* {
+    load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, load_tid, load_threads,
+                              [&](int r) -> const T* {
       if (n0 + r >= Sk) return nullptr;
       return p.k_layout.block_table != nullptr ? k + row_offset(p.k_layout, b, n0 + r, hk)
                                                : k_row0 + std::int64_t(n0 + r) * p.k_layout.token_stride;
     });
-    load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, [&](int r) -> const T* {
+    load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, load_tid, load_threads,
+                               [&](int r) -> const T* {
       if (n0 + r >= Sk) return nullptr;
       return p.v_layout.block_table != nullptr ? v + row_offset(p.v_layout, b, n0 + r, hk)
                                                : v_row0 + std::int64_t(n0 + r) * p.v_layout.token_stride;
@@ -190,7 +210,7 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   // in registers across the main loop, which the tall tile's accumulators fill.
   auto tile_row = [&](int mi, int h) { return warp_row + 16 * mi + lane / 4 + 8 * h; };
   // Warps whose rows are all padding (decode tiles) still load and synchronise, but skip the math.
-  const bool warp_active = m0 + warp_row < rows;
+  const bool warp_active = warp < active_warps;
 
   float o[MI][Dv / 8][4] = {};
   float m_run[MI][2];  // running row max, log2 units
@@ -466,8 +486,8 @@ void launch_fwd_tile(const FwdParams& params, cudaStream_t stream) {
   constexpr int smem = FwdTraits<T, D, Dv, MI>::kSmemBytes;
   // Above 48 KB a kernel must opt in to its dynamic shared memory.
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const dim3 grid(unsigned(params.m_tiles * params.n_splits), unsigned(params.slots), unsigned(params.p.batch));
-  kernel<<<grid, kFwdThreads, smem, stream>>>(params);
+  const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
+  kernel<<<ctas, kFwdThreads, smem, stream>>>(params);
   ATTN_CUDA_CHECK_LAUNCH("flash_fwd_kernel");
 }
 
