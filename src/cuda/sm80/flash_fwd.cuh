@@ -1,6 +1,8 @@
 // FlashAttention-2 forward for sm80+ (mma.sync): one CTA per (query-row tile, slot, batch),
 // 4 warps each owning 16 rows (64-row tiles) or 32 rows (128-row tiles, long queries), K/V
-// tiles double-buffered through cp.async, online softmax in registers in the log2 domain.
+// tiles pipelined through cp.async, online softmax in registers in the log2 domain.
+//
+// Versions and H100 numbers are in bench/gpu_notes.md.
 //
 // Letters: B batch, Sq/Sk this sequence's query/key lengths, D/Dv head dims, BM/BN tile rows
 // and keys (fwd_tile), G group size. Shared memory (T elements, each row padded by 16 bytes so
