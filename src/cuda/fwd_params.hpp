@@ -61,6 +61,26 @@ struct FwdParams {
   float* lse_part = nullptr;
 };
 
+/// Which work CTA `linear` (its launch index) does. Launch order: groups of pairs_per_group
+/// (slot, batch) pairs whose K/V fit in L2 together; within a group the m-tiles run from last
+/// to first, so that under a causal mask the CTAs with the most key tiles start first and the
+/// short ones fill the tail; splits vary fastest. A bijection onto
+/// [0, m_tiles) x [0, n_splits) x [0, slots) x [0, batch) (tests/cuda/test_cuda_plan.cpp).
+struct CtaWork {
+  int m_tile, split, slot, batch;
+};
+ATTN_HD CtaWork cta_work(const FwdParams& f, int linear) {
+  const int per_pair = f.m_tiles * f.n_splits;
+  const int pairs = f.slots * f.p.batch;
+  const int group_ctas = f.pairs_per_group * per_pair;
+  const int group = linear / group_ctas;
+  const int in_group = f.pairs_per_group < pairs - group * f.pairs_per_group ? f.pairs_per_group
+                                                                           : pairs - group * f.pairs_per_group;
+  const int rank = linear - group * group_ctas;  // < in_group * per_pair
+  const int pair = group * f.pairs_per_group + rank % (in_group * f.n_splits) / f.n_splits;
+  return {f.m_tiles - 1 - rank / (in_group * f.n_splits), rank % f.n_splits, pair % f.slots, pair / f.slots};
+}
+
 /// One explicit instantiation per (dtype, head_dim, head_dim_v), in src/cuda/sm80/*.cu.
 template <DType dtype, int D, int Dv>
 void launch_flash_fwd(const FwdParams& params, cudaStream_t stream);

@@ -123,19 +123,8 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
 
   const detail::AttentionProblem& p = params.p;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  // Launch order: groups of pairs_per_group (slot, batch) pairs whose K/V fit in L2 together;
-  // within a group the m-tiles run from last to first, so that under a causal mask the CTAs
-  // with the most key tiles start first and the short ones fill the tail; splits fastest.
-  const int per_pair = params.m_tiles * params.n_splits;
-  const int pairs = params.slots * p.batch;
-  const int group_ctas = params.pairs_per_group * per_pair;
-  const int group = int(blockIdx.x) / group_ctas;
-  const int in_group = min(params.pairs_per_group, pairs - group * params.pairs_per_group);
-  const int rank = int(blockIdx.x) - group * group_ctas;  // < in_group * per_pair
-  const int m_tile = params.m_tiles - 1 - rank / (in_group * params.n_splits);
-  const int split = rank % params.n_splits;
-  const int pair = group * params.pairs_per_group + rank % (in_group * params.n_splits) / params.n_splits;
-  const int slot = pair % params.slots, b = pair / params.slots;
+  const CtaWork work = cta_work(params, int(blockIdx.x));
+  const int m_tile = work.m_tile, split = work.split, slot = work.slot, b = work.batch;
   const int pack = params.pack;
   const int Sq = p.seqlen_q_of(b), Sk = p.seqlen_k_of(b);
   const int rows = Sq * pack;  // valid tile rows of this (slot, batch)
