@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""GPU benchmark of attn's CUDA forward beside the PyTorch peers, in one process.
+
+attn runs through its C ABI (build/libattn_gpu_capi.so, bench/gpu/attn_capi.cpp) on the same
+torch tensors the peers get. Every timing uses CUDA events around one call, after warm-up,
+over input sets rotated so that the L2 cache holds none of the next call's inputs; medians are
+reported. Ceilings are measured in the same run: a device-to-device copy (bytes read + written)
+and a bf16 8192^3 matmul.
+
+  prefill  bf16, batch x seqlen = 16k tokens, heads x head_dim = 2048, seqlen 4096, causal and not:
+           attn, SDPA flash / cuDNN / efficient backends, FlexAttention (head_dim 128)
+  decode   paged, batch 64, context 8192, 32 query heads, 8 kv heads, head_dim 128, page size 16:
+           attn paged and contiguous; SDPA backends on the contiguous cache (enable_gqa)
+
+Each attn result is also compared with an independent output (SDPA, or a float32 gather for
+paged decode) so a fast wrong kernel cannot hide in the table.
+
+  python3 bench/gpu_bench.py --lib build-gpu/libattn_gpu_capi.so [--json out.json] [--quick]
+"""
+import argparse
+import ctypes
+import json
+import math
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+class AttnFwdDesc(ctypes.Structure):
+    """Mirror of AttnFwdDesc in bench/gpu/attn_capi.cpp."""
+
+    _fields_ = [
+        ("dtype", ctypes.c_int),
+        ("batch", ctypes.c_int), ("seqlen_q", ctypes.c_int), ("seqlen_k", ctypes.c_int),
+        ("heads_q", ctypes.c_int), ("heads_kv", ctypes.c_int), ("head_dim", ctypes.c_int), ("head_dim_v", ctypes.c_int),
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("out", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
+        ("block_table", ctypes.c_void_p), ("block_table_stride", ctypes.c_int64), ("page_size", ctypes.c_int),
+        ("seqlens_k", ctypes.c_void_p),
+        ("causal", ctypes.c_int), ("window_left", ctypes.c_int), ("window_right", ctypes.c_int),
+        ("scale", ctypes.c_float), ("softcap", ctypes.c_float),
+    ]
+
+
+class Attn:
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+        self.lib.attn_last_error.restype = ctypes.c_char_p
+        self.lib.attn_cuda_forward_workspace_size.restype = ctypes.c_size_t
+        self.lib.attn_cuda_forward_workspace_size.argtypes = [ctypes.POINTER(AttnFwdDesc)]
+        self.lib.attn_cuda_forward.restype = ctypes.c_int
+        self.lib.attn_cuda_forward.argtypes = [ctypes.POINTER(AttnFwdDesc), ctypes.c_void_p, ctypes.c_size_t]
+
+    def prepare(self, q, k, v, out, causal=False, block_table=None, page_size=0, seqlens_k=None, seqlen_k=None):
+        """A callable running attn on these tensors (q/out (B, Sq, H, D); k/v padded or page pools)."""
+        B, Sq, Hq, D = q.shape
+        d = AttnFwdDesc()
+        d.dtype = {torch.float16: 0, torch.bfloat16: 1}[q.dtype]
+        d.batch, d.seqlen_q, d.heads_q, d.head_dim = B, Sq, Hq, D
+        d.seqlen_k = seqlen_k if seqlen_k is not None else k.shape[1]
+        d.heads_kv, d.head_dim_v = k.shape[2], v.shape[3]
+        d.q, d.k, d.v, d.out = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr()
+        d.lse = None
+        if block_table is not None:
+            d.block_table, d.block_table_stride, d.page_size = block_table.data_ptr(), block_table.stride(0), page_size
+        d.seqlens_k = seqlens_k.data_ptr() if seqlens_k is not None else None
+        d.causal, d.window_left, d.window_right = int(causal), -1, -1
+        d.scale, d.softcap = 0.0, 0.0
+        ws_bytes = self.lib.attn_cuda_forward_workspace_size(ctypes.byref(d))
+        if ws_bytes == ctypes.c_size_t(-1).value:
+            raise RuntimeError(self.lib.attn_last_error().decode())
+        ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device="cuda")
+        keep = (q, k, v, out, block_table, seqlens_k, ws)  # the descriptor points into these
+
+        def run():
+            if self.lib.attn_cuda_forward(ctypes.byref(d), ws.data_ptr(), ws_bytes) != 0:
+                raise RuntimeError(self.lib.attn_last_error().decode())
+            return keep[3]
+
+        return run
+
+
+def time_ms(fns, warmup=3, min_reps=10, max_reps=100, budget_ms=1500.0):
+    """Median of CUDA-event timings of single calls, cycling through `fns` (one per input set)."""
+    for i in range(warmup):
+        fns[i % len(fns)]()
+    torch.cuda.synchronize()
+    times = []
+    total = 0.0
+    i = 0
+    while len(times) < max_reps and (len(times) < min_reps or total < budget_ms):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fns[i % len(fns)]()
+        end.record()
+        end.synchronize()
+        t = start.elapsed_time(end)
+        times.append(t)
+        total += t
+        i += 1
+    return statistics.median(times)
+
+
+def l2_bytes():
+    return torch.cuda.get_device_properties(0).L2_cache_size
+
+
+def input_sets(set_bytes):
+    """Enough input sets that four times the L2 lies between two uses of one set."""
+    return max(1, min(8, math.ceil(4 * l2_bytes() / set_bytes)))
+
+
+def ceilings():
+    n = 1 << 30  # 1 GiB each way
+    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    src.random_(0, 255)
+    copy_ms = time_ms([lambda: dst.copy_(src)])
+    copy_gbs = 2 * n / copy_ms / 1e6
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm_ms = time_ms([lambda: a @ b])
+    mm_tflops = 2 * 8192**3 / mm_ms / 1e9
+    return copy_gbs, mm_tflops
+
+
+def rel_err(x, ref):
+    x, ref = x.float(), ref.float()
+    if not torch.isfinite(x).all():
+        return float("inf")
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def sdpa_peer(backend, q, k, v, causal, enable_gqa=False):
+    """SDPA on (B, S, H, D) tensors through the (B, H, S, D) transposed views."""
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def run():
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=enable_gqa).transpose(1, 2)
+
+    return run
+
+
+def flex_peer(q, k, v, causal):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=False)
+    B, S, H, D = q.shape
+    block_mask = None
+    if causal:
+        block_mask = create_block_mask(lambda b, h, qi, kj: qi >= kj, B=None, H=None, Q_LEN=S, KV_LEN=S, device="cuda")
+    # FlexAttention's own layout, (B, H, S, D) contiguous, copied once outside the timing.
+    qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+    return lambda: compiled(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
+
+
+def record(rows, row):
+    """Keeps a result and prints it at once, so a run cut short still shows what it measured."""
+    rows.append(row)
+    print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
+def bench_prefill(attn, head_dim, causal, rows, peers_only=None):
+    seqlen, tokens, width = 4096, 16384, 2048
+    B, H, D = tokens // seqlen, width // head_dim, head_dim
+    set_bytes = 4 * B * seqlen * H * D * 2
+    n_sets = input_sets(set_bytes)
+    sets = []
+    for _ in range(n_sets):
+        q, k, v = (torch.randn(B, seqlen, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        sets.append((q, k, v, torch.empty_like(q)))
+    flops = 4 * B * H * seqlen * seqlen * D * (0.5 if causal else 1.0)
+    name = f"prefill d{D} {'causal' if causal else 'full'}"
+
+    # (label, factory of one callable per input set, rel_err); built inside the try so that a
+    # peer that cannot run this shape (or fails to compile) becomes an n/a row.
+    peers = []
+    if peers_only is None:
+        ours = [attn.prepare(q, k, v, o, causal=causal) for q, k, v, o in sets]
+        q, k, v, _ = sets[0]
+        reference = sdpa_peer([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], q, k, v,
+                              causal)()
+        peers.append(("attn", lambda: ours, rel_err(ours[0](), reference)))
+        for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                               ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+            peers.append((label, lambda backend=backend: [sdpa_peer(backend, *s[:3], causal) for s in sets], None))
+    elif peers_only == "flex":
+        peers.append(("flex", lambda: [flex_peer(*s[:3], causal) for s in sets], None))
+    for label, make, e in peers:
+        try:
+            ms = time_ms(make())
+            record(rows, dict(case=name, impl=label, ms=ms, tflops=flops / ms / 1e9, rel_err=e))
+        except Exception as ex:  # a peer without support for this shape
+            record(rows, dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
+
+
+def bench_decode(attn, rows):
+    B, ctx, Hq, Hk, D, page = 64, 8192, 32, 8, 128, 16
+    pages_per_seq = ctx // page
+    kv_bytes = 2 * B * ctx * Hk * D * 2
+    name = f"decode paged{page}"
+    q = torch.randn(B, 1, Hq, D, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    # Pages in a shuffled order, as a block pool hands them out.
+    n_pages = B * pages_per_seq
+    pool_k = torch.randn(n_pages, page, Hk, D, device="cuda", dtype=torch.bfloat16)
+    pool_v = torch.randn(n_pages, page, Hk, D, device="cuda", dtype=torch.bfloat16)
+    table = torch.randperm(n_pages, device="cuda", dtype=torch.int64).to(torch.int32).view(B, pages_per_seq)
+    seqlens = torch.full((B,), ctx, device="cuda", dtype=torch.int32)
+    paged = attn.prepare(q, pool_k, pool_v, out, block_table=table, page_size=page, seqlens_k=seqlens, seqlen_k=ctx)
+
+    # Contiguous copies of the same cache, for attn's padded path and the SDPA peers.
+    k = pool_k[table.long()].reshape(B, ctx, Hk, D)
+    v = pool_v[table.long()].reshape(B, ctx, Hk, D)
+    out2 = torch.empty_like(q)
+    contiguous = attn.prepare(q, k, v, out2)
+    ref = sdpa_peer(SDPBackend.MATH, q[:4].float(), k[:4].float(), v[:4].float(), False, enable_gqa=True)()
+    bytes_moved = kv_bytes + 2 * q.numel() * 2
+    for label, fn, check in [("attn paged", paged, True), ("attn contiguous", contiguous, True)] + [
+        (label, sdpa_peer(backend, q, k, v, False, enable_gqa=True), False)
+        for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                               ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]]:
+        try:
+            result = fn()
+            err = rel_err(result[:4], ref) if check else None
+            ms = time_ms([fn])
+            record(rows, dict(case=name, impl=label, ms=ms, gbs=bytes_moved / ms / 1e6, rel_err=err))
+        except Exception as ex:
+            record(rows, dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lib", default="build/libattn_gpu_capi.so")
+    ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--quick", action="store_true", help="head_dim 128 only, no FlexAttention")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    attn = Attn(args.lib)
+    dev = torch.cuda.get_device_name()
+    copy_gbs, mm_tflops = ceilings()
+    print(f"{dev}: copy {copy_gbs:.0f} GB/s, bf16 matmul {mm_tflops:.0f} TFLOP/s", flush=True)
+    rows = []
+    for head_dim in [128] if args.quick else [64, 128, 256]:
+        for causal in (False, True):
+            bench_prefill(attn, head_dim, causal, rows)
+    bench_decode(attn, rows)
+    if not args.quick:  # last: compiling FlexAttention takes the longest
+        for causal in (False, True):
+            bench_prefill(attn, 128, causal, rows, peers_only="flex")
+
+    print(f"{dev}: copy {copy_gbs:.0f} GB/s (read + write), bf16 matmul 8192^3 {mm_tflops:.0f} TFLOP/s")
+    print(f"{'case':<22} {'impl':<16} {'ms':>8} {'TFLOP/s':>8} {'GB/s':>7} {'%ceil':>6} {'rel_err':>8}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['case']:<22} {r['impl']:<16} {'n/a':>8}  {r['error']}")
+            continue
+        rate = r.get("tflops")
+        pct = 100 * rate / mm_tflops if rate is not None else 100 * r["gbs"] / copy_gbs
+        err = "" if r.get("rel_err") is None else f"{r['rel_err']:.1e}"
+        print(f"{r['case']:<22} {r['impl']:<16} {r['ms']:8.3f} {rate if rate else 0:8.1f} {r.get('gbs', 0):7.0f} "
+              f"{pct:6.1f} {err:>8}")
+    bad = [r for r in rows if r.get("rel_err") is not None and not r["rel_err"] < 2e-2]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=dev, copy_gbs=copy_gbs, matmul_tflops=mm_tflops, rows=rows), f, indent=1)
+    if bad:
+        print("attn output disagrees with the peer in:", ", ".join(f"{r['case']} {r['impl']}" for r in bad))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+// Planning and dispatch of the CUDA forward: checks what the kernels assume (dtype, 16-byte
+// rows, grid limits), picks GQA packing and the KV split count, and turns the runtime
+// (dtype, head_dim) into one of the compiled instantiations.
+#include "cuda/backend.hpp"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/check.hpp"
+#include "cuda/fwd_params.hpp"
+
+namespace attn::cuda {
+namespace {
+
+using detail::AttentionProblem;
+using detail::TokenLayout;
+
+constexpr std::size_t kWorkspaceAlign = 256;
+constexpr std::size_t align_up(std::size_t n) { return (n + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
+constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+constexpr int kMaxSplits = 64;
+constexpr float kLog2e = 1.4426950408889634f;
+
+int current_device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, value = 0;
+  ATTN_CUDA_CHECK(cudaGetDevice(&dev));
+  ATTN_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
+  return value;
+}
+
+/// The kernels copy rows 16 bytes at a time (cp.async, vector stores).
+void check_rows_aligned(const char* name, const void* data, const TokenLayout& l) {
+  const bool ok = reinterpret_cast<std::uintptr_t>(data) % 16 == 0 && l.token_stride % 8 == 0 &&
+                  l.head_stride % 8 == 0 && l.batch_stride % 8 == 0 && l.page_stride % 8 == 0;
+  ATTN_CHECK(ok, name,
+             ": the cuda backend expects 16-byte aligned rows (data pointer aligned to 16 bytes, batch/token/head/"
+             "page strides multiples of 8 elements), got strides ",
+             l.batch_stride, "/", l.token_stride, "/", l.head_stride);
+}
+
+struct Plan {
+  FwdParams params;
+  std::size_t o_part_bytes = 0;
+  std::size_t workspace_bytes = 0;
+};
+
+Plan plan_forward(const AttentionProblem& p) {
+  ATTN_CHECK(p.dtype == DType::f16 || p.dtype == DType::bf16,
+             "q: the cuda backend runs f16 and bf16 (f32 accumulation); got ", dtype_name(p.dtype),
+             " (convert the inputs to bf16 or f16, or use the cpu backend)");
+  check_rows_aligned("q", p.q, p.q_layout);
+  check_rows_aligned("k", p.k, p.k_layout);
+  check_rows_aligned("v", p.v, p.v_layout);
+  check_rows_aligned("out", p.out, p.out_layout);
+  ATTN_CHECK(p.batch <= 65535, "q: the cuda backend supports batch <= 65535, got ", p.batch);
+
+  Plan plan;
+  FwdParams& f = plan.params;
+  f.p = p;
+  const FwdTile short_tile = fwd_tile(p.head_dim, false);
+  const int G = p.group_size();
+  // Packing the group's query heads into the tile rows lets one K/V load serve all of them;
+  // it needs one mask for the whole tile, which a per-head block layout would break.
+  const bool one_layout = p.mask.block_layout == nullptr || p.mask.layout_head_stride == 0;
+  f.pack = G > 1 && one_layout && std::int64_t(p.seqlen_q) * G <= short_tile.block_m ? G : 1;
+  // Tall tiles only where the queries fill more than one short tile: a decode or short
+  // prefill would leave most of the taller tile empty.
+  const bool tall = fwd_has_tall_tile(p.head_dim) && std::int64_t(p.seqlen_q) * f.pack > short_tile.block_m;
+  const FwdTile tile = fwd_tile(p.head_dim, tall);
+  f.block_m = tile.block_m;
+  f.slots = f.pack > 1 ? p.heads_kv : p.heads_q;
+  ATTN_CHECK(f.slots <= 65535, "q: the cuda backend supports at most 65535 heads, got ", f.slots);
+  f.m_tiles = int(ceil_div(std::int64_t(p.seqlen_q) * f.pack, tile.block_m));
+  f.scale_log2 = p.scale * kLog2e;
+  f.softcap_log2 = p.softcap * kLog2e;
+
+  // Too few CTAs to fill the GPU (decode, small batches): split the keys too, aiming at two
+  // CTAs per SM, with at least two key tiles per split so the pipeline has work to overlap.
+  const std::int64_t ctas = std::int64_t(f.m_tiles) * f.slots * p.batch;
+  const std::int64_t key_tiles = ceil_div(p.seqlen_k, tile.block_n);
+  if (ctas > 0 && key_tiles >= 4) {
+    const std::int64_t want = ceil_div(2 * std::int64_t(current_device_attribute(cudaDevAttrMultiProcessorCount)), ctas);
+    f.n_splits = int(std::clamp<std::int64_t>(std::min(want, key_tiles / 2), 1, kMaxSplits));
+  }
+  ATTN_CHECK(std::int64_t(f.m_tiles) * f.n_splits * f.slots * p.batch < (std::int64_t(1) << 31),
+             "q: batch x heads x seqlen_q is too large for one launch");
+  // Heavy-first launch order inside groups of (slot, batch) pairs whose K/V take at most half
+  // of the L2 together, so the m-tiles of a pair still find its K/V there.
+  const std::int64_t kv_pair_bytes =
+      std::max<std::int64_t>(1, std::int64_t(p.seqlen_k) * (p.head_dim + p.head_dim_v) * std::int64_t(dtype_size(p.dtype)));
+  const std::int64_t l2_bytes = current_device_attribute(cudaDevAttrL2CacheSize);
+  f.pairs_per_group = int(std::clamp<std::int64_t>(l2_bytes / 2 / kv_pair_bytes, 1, std::int64_t(f.slots) * p.batch));
+  if (f.n_splits > 1) {
+    const std::size_t rows = std::size_t(f.n_splits) * std::size_t(p.batch) * std::size_t(p.seqlen_q) *
+                             std::size_t(p.heads_q);
+    plan.o_part_bytes = align_up(rows * std::size_t(p.head_dim_v) * sizeof(float));
+    plan.workspace_bytes = plan.o_part_bytes + align_up(rows * sizeof(float));
+  }
+  return plan;
+}
+
+/// Calls fn.template operator()<D, Dv>() for the compiled head-dim pairs.
+template <class Fn>
+void with_head_dims(int d, int dv, Fn&& fn) {
+  if (d == 64 && dv == 64) return fn.template operator()<64, 64>();
+  if (d == 96 && dv == 96) return fn.template operator()<96, 96>();
+  if (d == 128 && dv == 128) return fn.template operator()<128, 128>();
+  if (d == 192 && dv == 192) return fn.template operator()<192, 192>();
+  if (d == 192 && dv == 128) return fn.template operator()<192, 128>();
+  if (d == 256 && dv == 256) return fn.template operator()<256, 256>();
+  detail::fail("head_dim: the cuda backend has no kernel for head_dim ", d, " / head_dim_v ", dv);
+}
+
+}  // namespace
+
+std::size_t forward_workspace_size(const AttentionProblem& p) {
+  if (p.batch == 0 || p.seqlen_q == 0) return 0;
+  return plan_forward(p).workspace_bytes;
+}
+
+void forward(const AttentionProblem& p, Workspace ws) {
+  if (p.batch == 0 || p.seqlen_q == 0) return;  // nothing to write
+  Plan plan = plan_forward(p);
+  FwdParams& f = plan.params;
+  if (f.n_splits > 1) {
+    ATTN_CHECK(ws.data != nullptr && ws.bytes >= plan.workspace_bytes, "workspace: expected at least ",
+               plan.workspace_bytes, " bytes, got ", ws.bytes);
+    f.o_part = static_cast<float*>(ws.data);
+    f.lse_part = reinterpret_cast<float*>(static_cast<char*>(ws.data) + plan.o_part_bytes);
+  }
+  constexpr cudaStream_t stream = nullptr;  // the default stream
+  with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
+    if (p.dtype == DType::f16) {
+      launch_flash_fwd<DType::f16, D, Dv>(f, stream);
+    } else {
+      launch_flash_fwd<DType::bf16, D, Dv>(f, stream);
+    }
+  });
+  if (f.n_splits > 1) launch_fwd_combine(f, stream);
+}
+
+std::size_t backward_workspace_size(const detail::BackwardProblem&) { return 0; }
+
+void backward(const detail::BackwardProblem&, Workspace) {
+  detail::fail("backward: the cuda backend has no backward yet (use the cpu backend)");
+}
+
+}  // namespace attn::cuda

@@ -1,0 +1,4 @@
+// Forward kernel for f16, head_dim 96, head_dim_v 96: one file per variant so builds run in parallel.
+#include "cuda/sm80/flash_fwd.cuh"
+
+ATTN_INSTANTIATE_FLASH_FWD(f16, __half, 96, 96)

@@ -1,0 +1,60 @@
+// The CUDA forward's correctness cases, shared by the GoogleTest suite (test_cuda_forward.cpp)
+// and the standalone driver (selftest/gpu_selftest.cpp, for GPU machines without GoogleTest
+// and for compute-sanitizer runs). Nothing here depends on GoogleTest.
+//
+// Each case draws fresh bf16/f16 inputs, runs the float64 reference on host copies of the
+// same values and the CUDA backend on device copies whose outputs were poisoned with NaN, and
+// checks every element of out and lse.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attn/attention.hpp"
+
+namespace attn::test::cuda {
+
+struct FwdCase {
+  std::string name;
+  DType dtype = DType::bf16;
+  int head_dim = 128;
+  int head_dim_v = 128;
+  int batch = 2;
+  int seqlen_q = 128;
+  int seqlen_k = 128;
+  int heads_q = 4;
+  int heads_kv = 4;
+  /// Packed (varlen) batch: per-sequence query and key lengths (override batch / seqlens).
+  std::vector<int> lens_q, lens_k;
+  /// > 0: K and V live in a shuffled page pool (page_size tokens per page) with per-sequence
+  /// key lengths `lens_k` (or seqlen_k for all); queries stay padded (batch, seqlen_q).
+  int page_size = 0;
+  bool causal = false;
+  int window_left = -1, window_right = -1, dilation = 0;
+  int strided = 0, fixed_stride = 0, fixed_summary = 0;
+  /// > 0: a random block-sparse layout of these block sizes (per query head when per_head_layout).
+  int block_q = 0, block_k = 0;
+  bool per_head_layout = false;
+  std::vector<int> global_tokens;
+  float scale = 0.0f;
+  float softcap = 0.0f;
+  /// Standard deviation of q and k; large values give huge logits.
+  double sigma = 1.0;
+  /// q, k and v as strided views into one (batch, seqlen, 3, heads, dim) buffer.
+  bool qkv_packed = false;
+  /// Small enough for the compute-sanitizer runs.
+  bool small = false;
+};
+
+struct CheckResult {
+  bool passed = false;
+  std::string detail;  ///< errors against their tolerances, or what failed
+};
+
+/// Every case of the suite.
+std::vector<FwdCase> forward_cases();
+/// Runs one case (throws attn::Error when the backend does).
+CheckResult check_forward(const FwdCase& c, std::uint64_t seed);
+
+}  // namespace attn::test::cuda
