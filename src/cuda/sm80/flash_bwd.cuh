@@ -1,0 +1,354 @@
+// FlashAttention-2 backward for sm80+ (mma.sync), recomputing P from the forward's lse.
+//
+// One CTA per (key block of BN keys, kv head, batch); 4 warps, each owning 16 keys. The CTA
+// walks the query tiles (BM rows) of every query head of its kv group that the mask leaves
+// reachable, so dK and dV of a GQA group accumulate in registers with no atomics. Per tile:
+//   dP^T = V dO^T,  S^T = K Q^T                  (16 keys x BM queries per warp, registers)
+//   P = exp2(S * scale * log2e - lse * log2e),   dS = P * (dP - D) [* (1 - tanh^2) soft-cap]
+//   dV += P^T dO,   dK += dS^T Q                 (P and dS go from accumulators to A operands)
+//   dQ += dS K                                   (dS through shared memory; f32 atomics into
+//                                                 dq_accum, or ordered adds when deterministic)
+// The scale multiplies dK here and dQ in the convert kernel, so dS stays scale-free.
+//
+// Letters: Sq/Sk this sequence's lengths, D = Dv head dim, BM/BN (kBwdTile). Shared memory (T
+// elements, rows padded by 16 bytes so the 8 rows of one ldmatrix hit 8 bank groups):
+//   sK (BN, D + 8)   sV (BN, D + 8)   sQ (2, BM, D + 8)   sdO (2, BM, D + 8)   sdS (BN, BM + 8)
+//   then f32: lse * log2e (2, BM) and D_i (2, BM); stage s holds the s-th visited tile mod 2.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "cuda/bwd_params.hpp"
+#include "cuda/check.hpp"
+#include "cuda/sm80/flash_fwd.cuh"  // row_offset, load_tile_async, tanh_exp2
+#include "cuda/sm80/ptx.cuh"
+#include "mask_eval.hpp"
+
+namespace attn::cuda::sm80 {
+
+static_assert(kBwdThreads == kFwdThreads, "load_tile_async strides by the forward's thread count");
+
+/// Query rows [lo, hi) that may attend to keys [j0, j1): the interval parts read backwards.
+/// Conservative (classify then decides per tile); globals only keep the causal bound, since a
+/// global query or key escapes every other part.
+ATTN_HD void query_range(const detail::MaskEval& me, int j0, int j1, int& lo, int& hi) {
+  const detail::MaskParams& m = *me.m;
+  const int off = me.offset();
+  lo = 0;
+  hi = me.seqlen_q;
+  if (m.num_global > 0) {
+    if (m.causal) lo = max(lo, j0 - off);
+  } else {
+    if (me.bounded_right_by_p()) lo = max(lo, j0 - off);  // j <= p
+    if (m.window_right >= 0) lo = max(lo, j0 - m.window_right * me.step() - off);
+    if (m.window_left >= 0) hi = min(hi, j1 + m.window_left * me.step() - off);
+  }
+  if (hi < lo) hi = lo;
+}
+
+/// Whether key block nb visits query tile m (of the head `me` describes): the one relation that
+/// both the tile walk and the deterministic ordering use.
+template <int BM, int BN>
+__device__ __forceinline__ bool bwd_visits(const detail::MaskEval& me, int m, int nb) {
+  const int i0 = m * BM, i1 = min(me.seqlen_q, i0 + BM);
+  const int j0 = nb * BN, j1 = min(me.seqlen_k, j0 + BN);
+  if (i0 >= i1 || j0 >= j1) return false;
+  int lo, hi;
+  query_range(me, j0, j1, lo, hi);
+  if (i1 <= lo || i0 >= hi) return false;
+  return me.classify(i0, i1, j0, j1) != detail::TileKind::empty;
+}
+
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+template <class T, int D>
+struct BwdTraits {
+  static constexpr int kBlockM = kBwdTile.block_m;
+  static constexpr int kBlockN = kBwdTile.block_n;
+  static_assert(kBlockN == 16 * kBwdWarps && kBlockM == 16 * kBwdWarps,
+                "each warp owns 16 keys, and 16 query rows of the dQ product");
+  static_assert(D % 16 == 0, "head dims are multiples of 16");
+  static constexpr int kStride = D + 8;        // sK, sV, sQ, sdO rows
+  static constexpr int kSStride = kBlockM + 8;  // sdS rows
+  static constexpr int kSmemK = kBlockN * kStride;
+  static constexpr int kSmemQ = kBlockM * kStride;  // one stage
+  static constexpr int kSmemS = kBlockN * kSStride;
+  static constexpr int kSmemT = 2 * kSmemK + 4 * kSmemQ + kSmemS;
+  static constexpr int kSmemBytes = kSmemT * int(sizeof(T)) + 4 * kBlockM * int(sizeof(float));
+};
+
+template <class T, int D>
+__global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_constant__ BwdParams params) {
+  using Tr = BwdTraits<T, D>;
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStride, SS = Tr::kSStride;
+  constexpr float kPosInf = INFINITY;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + Tr::kSmemK;
+  T* sQ = sV + Tr::kSmemK;
+  T* sdO = sQ + 2 * Tr::kSmemQ;
+  T* sdS = sdO + 2 * Tr::kSmemQ;
+  float* sLse = reinterpret_cast<float*>(sK + Tr::kSmemT);
+  float* sDsum = sLse + 2 * BM;
+
+  const detail::BackwardProblem& p = params.p;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int nb = int(blockIdx.x), hk = int(blockIdx.y), b = int(blockIdx.z);
+  const int Sq = p.seqlen_q_of(b), Sk = p.seqlen_k_of(b);
+  const int n0 = nb * BN;
+  if (n0 >= Sk) return;
+  const int n1 = min(Sk, n0 + BN);
+  const int G = p.group_size(), Hq = p.heads_q;
+
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const T* q = static_cast<const T*>(p.q);
+  const T* dout = static_cast<const T*>(p.dout);
+  // Keys past Sk are zero-filled so every product stays finite; their P is masked to 0.
+  load_tile_async<T, BN, D>(sK, S, k, [&](int r) -> const T* {
+    return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
+  });
+  load_tile_async<T, BN, D>(sV, S, v, [&](int r) -> const T* {
+    return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
+  });
+  cp_async_commit();
+
+  // The walk: tiles x = g * mt + (m - m_lo) for group head g, query tile m in [m_lo, m_hi).
+  int r_lo, r_hi;
+  query_range(detail::MaskEval{&p.mask, Sq, Sk, 0}, n0, n1, r_lo, r_hi);
+  const int m_lo = r_lo / BM, m_hi = (r_hi + BM - 1) / BM, mt = m_hi - m_lo, total = G * mt;
+  auto head_of = [&](int x) { return hk * G + x / mt; };
+  auto tile_of = [&](int x) { return m_lo + x % mt; };
+  auto eval_of = [&](int h) { return detail::MaskEval{&p.mask, Sq, Sk, h}; };
+  auto next_tile = [&](int x) {
+    while (x < total && !bwd_visits<BM, BN>(eval_of(head_of(x)), tile_of(x), nb)) ++x;
+    return x;
+  };
+  auto load_tile = [&](int x, int stage) {
+    const int h = head_of(x), m0 = tile_of(x) * BM;
+    load_tile_async<T, BM, D>(sQ + stage * Tr::kSmemQ, S, q, [&](int r) -> const T* {
+      return m0 + r < Sq ? q + row_offset(p.q_layout, b, m0 + r, h) : nullptr;
+    });
+    load_tile_async<T, BM, D>(sdO + stage * Tr::kSmemQ, S, dout, [&](int r) -> const T* {
+      return m0 + r < Sq ? dout + row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
+    });
+    // lse = -inf (a fully masked row) and padding rows become +inf, so exp2(s - lse) = 0.
+    for (int r = int(threadIdx.x); r < BM; r += kBwdThreads) {
+      const int i = m0 + r;
+      const float lse = i < Sq ? p.lse[row_offset(p.lse_layout, b, i, h)] : -kPosInf;
+      sLse[stage * BM + r] = lse == -kPosInf ? kPosInf : lse * kLog2e;
+      sDsum[stage * BM + r] = i < Sq ? params.dsum[(std::int64_t(b) * Hq + h) * p.seqlen_q + i] : 0.0f;
+    }
+  };
+
+  float dk[D / 8][4] = {};
+  float dv[D / 8][4] = {};
+  const bool softcap = p.softcap > 0.0f;
+  const float cap_mul = p.scale / (softcap ? p.softcap : 1.0f);
+  int x = next_tile(0);
+  if (x < total) load_tile(x, 0);
+  cp_async_commit();
+  int stage = 0;
+  while (x < total) {
+    const int x_next = next_tile(x + 1);
+    cp_async_wait<0>();
+    // The tile has landed, and every warp is done with the previous one (its stage and sdS).
+    __syncthreads();
+    if (x_next < total) load_tile(x_next, stage ^ 1);
+    cp_async_commit();
+
+    const int h = head_of(x), m = tile_of(x), m0 = m * BM;
+    const detail::MaskEval me = eval_of(h);
+    const T* sQs = sQ + stage * Tr::kSmemQ;
+    const T* sdOs = sdO + stage * Tr::kSmemQ;
+    const float* lse_s = sLse + stage * BM;
+    const float* dsum_s = sDsum + stage * BM;
+
+    // dP^T = V dO^T and S^T = K Q^T: A from this warp's 16 key rows, B from the query rows.
+    float dp[BM / 8][4] = {};
+    float s[BM / 8][4] = {};
+    auto mma_rows_by_queries = [&](float (&acc)[BM / 8][4], const T* sA, const T* sB) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        std::uint32_t a[4];
+        ldmatrix_x4(a, sA + (warp * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + kk * 16 + lane / 16 * 8);
+#pragma unroll
+        for (int nj = 0; nj < BM / 16; ++nj) {
+          std::uint32_t bq[4];
+          ldmatrix_x4(bq, sB + (nj * 16 + lane % 8 + lane / 16 * 8) * S + kk * 16 + (lane / 8) % 2 * 8);
+          mma_16816<T>(acc[2 * nj], a, bq[0], bq[1]);
+          mma_16816<T>(acc[2 * nj + 1], a, bq[2], bq[3]);
+        }
+      }
+    };
+    mma_rows_by_queries(dp, sV, sdOs);
+    mma_rows_by_queries(s, sK, sQs);
+
+    // Element idx of a thread is s[idx / 4][idx % 4]: key row lane / 4 (+ 8 for idx % 4 >= 2),
+    // query column idx / 4 * 8 + lane % 4 * 2 + idx % 2.
+    const int key_row = n0 + warp * 16 + lane / 4;
+    std::uint32_t keep = ~0u;
+    if (m0 + BM > Sq || n0 + BN > Sk || me.classify(m0, min(Sq, m0 + BM), n0, n1) == detail::TileKind::partial) {
+      // One rolled copy of the predicate fills a bit per element (see the forward).
+      keep = 0;
+#pragma unroll 1
+      for (int idx = 0; idx < BM / 2; ++idx) {
+        const int j = key_row + (idx % 4 >= 2 ? 8 : 0);
+        const int i = m0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
+        keep |= std::uint32_t(j < Sk && i < Sq && me.allows(i, j)) << idx;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < BM / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + lane % 4 * 2 + e % 2;
+        float logit = s[nt][e] * params.scale_log2, dcap = 1.0f;
+        if (softcap) {
+          const float t = tanh_exp2(s[nt][e] * cap_mul);
+          logit = params.softcap_log2 * t;
+          dcap = 1.0f - t * t;  // d/ds of cap * tanh(s / cap)
+        }
+        // A select, not a product: a masked score may overflow exp2 to inf.
+        const float pr = ((keep >> (nt * 4 + e)) & 1u) != 0 ? exp2f(logit - lse_s[col]) : 0.0f;
+        s[nt][e] = pr;
+        dp[nt][e] = pr * (dp[nt][e] - dsum_s[col]) * dcap;
+      }
+
+    // dV += P^T dO and dK += dS^T Q. Two adjacent 8-query accumulator tiles are one 16-query
+    // A operand; B (query-major in shared memory) goes through ldmatrix.trans.
+    auto mma_keys_by_dims = [&](float (&acc)[D / 8][4], const float (&src)[BM / 8][4], const T* sB) {
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        const std::uint32_t a[4] = {pack2<T>(src[2 * kk][0], src[2 * kk][1]), pack2<T>(src[2 * kk][2], src[2 * kk][3]),
+                                    pack2<T>(src[2 * kk + 1][0], src[2 * kk + 1][1]),
+                                    pack2<T>(src[2 * kk + 1][2], src[2 * kk + 1][3])};
+#pragma unroll
+        for (int dj = 0; dj < D / 16; ++dj) {
+          std::uint32_t bt[4];
+          ldmatrix_x4_trans(bt, sB + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + dj * 16 + lane / 16 * 8);
+          mma_16816<T>(acc[2 * dj], a, bt[0], bt[1]);
+          mma_16816<T>(acc[2 * dj + 1], a, bt[2], bt[3]);
+        }
+      }
+    };
+    mma_keys_by_dims(dv, s, sdOs);
+    mma_keys_by_dims(dk, dp, sQs);
+
+    // dS^T (key-major) to shared memory: dQ needs all keys of a query row, spread over warps.
+#pragma unroll
+    for (int nt = 0; nt < BM / 8; ++nt) {
+      const int r = warp * 16 + lane / 4, c = nt * 8 + lane % 4 * 2;
+      *reinterpret_cast<std::uint32_t*>(sdS + r * SS + c) = pack2<T>(dp[nt][0], dp[nt][1]);
+      *reinterpret_cast<std::uint32_t*>(sdS + (r + 8) * SS + c) = pack2<T>(dp[nt][2], dp[nt][3]);
+    }
+    __syncthreads();
+
+    // dQ rows warp * 16 .. + 15 = dS K: A = dS from the key-major sdS (ldmatrix.trans),
+    // B = K (key-major, ldmatrix.trans).
+    float dq[D / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      std::uint32_t a[4];
+      ldmatrix_x4_trans(a, sdS + (kk * 16 + lane % 8 + lane / 16 * 8) * SS + warp * 16 + (lane / 8) % 2 * 8);
+#pragma unroll
+      for (int dj = 0; dj < D / 16; ++dj) {
+        std::uint32_t bt[4];
+        ldmatrix_x4_trans(bt, sK + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + dj * 16 + lane / 16 * 8);
+        mma_16816<T>(dq[2 * dj], a, bt[0], bt[1]);
+        mma_16816<T>(dq[2 * dj + 1], a, bt[2], bt[3]);
+      }
+    }
+    auto dq_row = [&](int half) {
+      const int i = m0 + warp * 16 + lane / 4 + 8 * half;
+      return i < Sq ? params.dq_accum + ((std::int64_t(b) * p.seqlen_q + i) * Hq + h) * D + lane % 4 * 2 : nullptr;
+    };
+    if (!p.deterministic) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float* row = dq_row(half);
+        if (row == nullptr) continue;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          atomicAdd(row + dt * 8, dq[dt][2 * half]);
+          atomicAdd(row + dt * 8 + 1, dq[dt][2 * half + 1]);
+        }
+      }
+    } else {
+      // Key blocks add into a query tile one at a time, in key-block order: wait until every
+      // lower block that visits this tile has added (blocks are dispatched in index order, so
+      // those are running or done), add, then count ourselves in.
+      int* counter = params.counters + (std::int64_t(b) * Hq + h) * params.m_tiles + m;
+      if (threadIdx.x == 0) {
+        int expected = 0;
+        for (int n = 0; n < nb; ++n) expected += bwd_visits<BM, BN>(me, m, n) ? 1 : 0;
+        while (ld_acquire(counter) < expected) __nanosleep(64);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float* row = dq_row(half);
+        if (row == nullptr) continue;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          float2* ptr = reinterpret_cast<float2*>(row + dt * 8);
+          const float2 old = __ldcg(ptr);  // L2: another SM wrote it
+          __stcg(ptr, make_float2(old.x + dq[dt][2 * half], old.y + dq[dt][2 * half + 1]));
+        }
+      }
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) atomicAdd(counter, 1);
+    }
+    stage ^= 1;
+    x = x_next;
+  }
+  cp_async_wait<0>();  // with no tile visited, K and V may still be landing
+
+  // dK (scaled here) and dV of this warp's keys, straight from the accumulators.
+  T* dk_out = static_cast<T*>(p.dk);
+  T* dv_out = static_cast<T*>(p.dv);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int j = n0 + warp * 16 + lane / 4 + 8 * half;
+    if (j >= Sk) continue;
+    T* dk_row = dk_out + row_offset(p.dk_layout, b, j, hk) + lane % 4 * 2;
+    T* dv_row = dv_out + row_offset(p.dv_layout, b, j, hk) + lane % 4 * 2;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      *reinterpret_cast<std::uint32_t*>(dk_row + dt * 8) =
+          pack2<T>(dk[dt][2 * half] * p.scale, dk[dt][2 * half + 1] * p.scale);
+      *reinterpret_cast<std::uint32_t*>(dv_row + dt * 8) = pack2<T>(dv[dt][2 * half], dv[dt][2 * half + 1]);
+    }
+  }
+}
+
+template <class T, int D>
+void launch_bwd(const BwdParams& params, cudaStream_t stream) {
+  using Tr = BwdTraits<T, D>;
+  const auto kernel = flash_bwd_kernel<T, D>;
+  constexpr int smem = Tr::kSmemBytes;
+  // Above 48 KB a kernel must opt in to its dynamic shared memory.
+  ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(unsigned(params.n_blocks), unsigned(params.p.heads_kv), unsigned(params.p.batch));
+  kernel<<<grid, kBwdThreads, smem, stream>>>(params);
+  ATTN_CUDA_CHECK_LAUNCH("flash_bwd_kernel");
+}
+
+}  // namespace attn::cuda::sm80
+
+/// One explicit instantiation of the backward, for a src/cuda/sm80/flash_bwd_*.cu file.
+#define ATTN_INSTANTIATE_FLASH_BWD(DTYPE, CTYPE, D)                                       \
+  namespace attn::cuda {                                                                  \
+  template <>                                                                             \
+  void launch_flash_bwd<DType::DTYPE, D>(const BwdParams& params, cudaStream_t stream) { \
+    sm80::launch_bwd<CTYPE, D>(params, stream);                                           \
+  }                                                                                       \
+  }
