@@ -12,8 +12,10 @@
 //
 // Letters: Sq/Sk this sequence's lengths, D = Dv head dim, BM/BN (kBwdTile). Shared memory (T
 // elements, rows padded by 16 bytes so the 8 rows of one ldmatrix hit 8 bank groups):
-//   sK (BN, D + 8)   sV (BN, D + 8)   sQ (2, BM, D + 8)   sdO (2, BM, D + 8)   sdS (BN, BM + 8)
+//   sK (BN, D + 8)   sV (BN, D + 8)   sQ (2, BM, D + 8)   sdO (2, BM, D + 8)
 //   then f32: lse * log2e (2, BM) and D_i (2, BM); stage s holds the s-th visited tile mod 2.
+//   sdS (BN, BM + 8) lives in the current sdO stage once dV is done with it: that keeps the CTA
+//   near 100 KB at head_dim 128, so two CTAs (8 warps) share an H100 SM.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -78,8 +80,12 @@ struct BwdTraits {
   static constexpr int kSStride = kBlockM + 8;  // sdS rows
   static constexpr int kSmemK = kBlockN * kStride;
   static constexpr int kSmemQ = kBlockM * kStride;  // one stage
-  static constexpr int kSmemS = kBlockN * kSStride;
-  static constexpr int kSmemT = 2 * kSmemK + 4 * kSmemQ + kSmemS;
+  static_assert(kBlockN * kSStride <= kSmemQ, "sdS fits in one sdO stage");
+  static constexpr int kSmemT = 2 * kSmemK + 4 * kSmemQ;
+  // dQ = dS K runs over head-dim chunks so its accumulators (kDqChunk / 2 registers) and
+  // dK, dV (D registers) stay under 255 together.
+  static constexpr int kDqChunk = D >= 96 ? D / 2 : D;
+  static_assert(kDqChunk % 16 == 0, "dQ chunks are whole 16-column mma tiles");
   static constexpr int kSmemBytes = kSmemT * int(sizeof(T)) + 4 * kBlockM * int(sizeof(float));
 };
 
@@ -94,7 +100,6 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   T* sV = sK + Tr::kSmemK;
   T* sQ = sV + Tr::kSmemK;
   T* sdO = sQ + 2 * Tr::kSmemQ;
-  T* sdS = sdO + 2 * Tr::kSmemQ;
   float* sLse = reinterpret_cast<float*>(sK + Tr::kSmemT);
   float* sDsum = sLse + 2 * BM;
 
@@ -242,7 +247,10 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     mma_keys_by_dims(dv, s, sdOs);
     mma_keys_by_dims(dk, dp, sQs);
 
-    // dS^T (key-major) to shared memory: dQ needs all keys of a query row, spread over warps.
+    // dS^T (key-major) to shared memory, over this stage's dO once every warp is done with it:
+    // dQ needs all keys of a query row, and they are spread over the warps.
+    T* sdS = sdO + stage * Tr::kSmemQ;
+    __syncthreads();
 #pragma unroll
     for (int nt = 0; nt < BM / 8; ++nt) {
       const int r = warp * 16 + lane / 4, c = nt * 8 + lane % 4 * 2;
@@ -251,58 +259,61 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     }
     __syncthreads();
 
-    // dQ rows warp * 16 .. + 15 = dS K: A = dS from the key-major sdS (ldmatrix.trans),
-    // B = K (key-major, ldmatrix.trans).
-    float dq[D / 8][4] = {};
+    // dQ rows warp * 16 .. + 15 = dS K, one head-dim chunk at a time: A = dS from the
+    // key-major sdS (ldmatrix.trans), B = K (key-major, ldmatrix.trans).
+    float* dq_rows[2];
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      std::uint32_t a[4];
-      ldmatrix_x4_trans(a, sdS + (kk * 16 + lane % 8 + lane / 16 * 8) * SS + warp * 16 + (lane / 8) % 2 * 8);
-#pragma unroll
-      for (int dj = 0; dj < D / 16; ++dj) {
-        std::uint32_t bt[4];
-        ldmatrix_x4_trans(bt, sK + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + dj * 16 + lane / 16 * 8);
-        mma_16816<T>(dq[2 * dj], a, bt[0], bt[1]);
-        mma_16816<T>(dq[2 * dj + 1], a, bt[2], bt[3]);
-      }
-    }
-    auto dq_row = [&](int half) {
+    for (int half = 0; half < 2; ++half) {
       const int i = m0 + warp * 16 + lane / 4 + 8 * half;
-      return i < Sq ? params.dq_accum + ((std::int64_t(b) * p.seqlen_q + i) * Hq + h) * D + lane % 4 * 2 : nullptr;
-    };
-    if (!p.deterministic) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float* row = dq_row(half);
-        if (row == nullptr) continue;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          atomicAdd(row + dt * 8, dq[dt][2 * half]);
-          atomicAdd(row + dt * 8 + 1, dq[dt][2 * half + 1]);
-        }
-      }
-    } else {
+      dq_rows[half] =
+          i < Sq ? params.dq_accum + ((std::int64_t(b) * p.seqlen_q + i) * Hq + h) * D + lane % 4 * 2 : nullptr;
+    }
+    int* counter = nullptr;
+    if (p.deterministic) {
       // Key blocks add into a query tile one at a time, in key-block order: wait until every
       // lower block that visits this tile has added (blocks are dispatched in index order, so
       // those are running or done), add, then count ourselves in.
-      int* counter = params.counters + (std::int64_t(b) * Hq + h) * params.m_tiles + m;
+      counter = params.counters + (std::int64_t(b) * Hq + h) * params.m_tiles + m;
       if (threadIdx.x == 0) {
         int expected = 0;
         for (int n = 0; n < nb; ++n) expected += bwd_visits<BM, BN>(me, m, n) ? 1 : 0;
         while (ld_acquire(counter) < expected) __nanosleep(64);
       }
       __syncthreads();
+    }
+    constexpr int C = Tr::kDqChunk;
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float* row = dq_row(half);
-        if (row == nullptr) continue;
+    for (int c0 = 0; c0 < D; c0 += C) {
+      float dq[C / 8][4] = {};
 #pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          float2* ptr = reinterpret_cast<float2*>(row + dt * 8);
-          const float2 old = __ldcg(ptr);  // L2: another SM wrote it
-          __stcg(ptr, make_float2(old.x + dq[dt][2 * half], old.y + dq[dt][2 * half + 1]));
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        std::uint32_t a[4];
+        ldmatrix_x4_trans(a, sdS + (kk * 16 + lane % 8 + lane / 16 * 8) * SS + warp * 16 + (lane / 8) % 2 * 8);
+#pragma unroll
+        for (int dj = 0; dj < C / 16; ++dj) {
+          std::uint32_t bt[4];
+          ldmatrix_x4_trans(bt, sK + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + c0 + dj * 16 + lane / 16 * 8);
+          mma_16816<T>(dq[2 * dj], a, bt[0], bt[1]);
+          mma_16816<T>(dq[2 * dj + 1], a, bt[2], bt[3]);
         }
       }
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        if (dq_rows[half] == nullptr) continue;
+#pragma unroll
+        for (int dt = 0; dt < C / 8; ++dt) {
+          float* ptr = dq_rows[half] + c0 + dt * 8;
+          if (!p.deterministic) {
+            atomicAdd(ptr, dq[dt][2 * half]);
+            atomicAdd(ptr + 1, dq[dt][2 * half + 1]);
+          } else {
+            const float2 old = __ldcg(reinterpret_cast<const float2*>(ptr));  // L2: another SM wrote it
+            __stcg(reinterpret_cast<float2*>(ptr), make_float2(old.x + dq[dt][2 * half], old.y + dq[dt][2 * half + 1]));
+          }
+        }
+      }
+    }
+    if (p.deterministic) {
       __threadfence();
       __syncthreads();
       if (threadIdx.x == 0) atomicAdd(counter, 1);
