@@ -10,18 +10,18 @@
 
 namespace attn::cuda {
 
-/// Tile shape of the sm80 backward. Each CTA owns `block_n` keys of one kv head (4 warps, 16
-/// keys each, dK and dV accumulated in registers) and walks query tiles of `block_m` rows.
+/// Tile shape of the sm80 backward. Each CTA owns `block_n` keys of one kv head (16 per warp,
+/// dK and dV accumulated in registers) and walks query tiles of `block_m` rows.
 struct BwdTile {
   int block_m;  ///< query rows per step
-  int block_n;  ///< keys per CTA
+  int block_n;  ///< keys per CTA, 16 per warp
+  int warps;
 };
-inline constexpr int kBwdWarps = 4;
-inline constexpr int kBwdThreads = 32 * kBwdWarps;
-
-// dK and dV of 16 keys cost D / 2 + Dv / 2 f32 registers per thread, S^T and dP^T of a
-// 64-query step another 32 each: this fits head_dim up to 128 within 255 registers.
-inline constexpr BwdTile kBwdTile{64, 64};
+// dK and dV of 16 keys cost D / 2 + Dv / 2 f32 registers per thread, S^T and dP^T of a 64-query
+// step another 32 each: this fits head_dim up to 128 within 255 registers. 128 keys per CTA
+// (not 64) halve the dQ atomics and the Q / dO loads per key.
+inline constexpr BwdTile kBwdTile{64, 128, 8};
+inline constexpr int kBwdThreads = 32 * kBwdTile.warps;
 
 /// Launch plan and problem for one backward call. Workspace (f32 unless said), Sq = seqlen_q
 /// (the maximum for packed batches), rows indexed by (batch, query) even when packed:

@@ -1,21 +1,21 @@
 // FlashAttention-2 backward for sm80+ (mma.sync), recomputing P from the forward's lse.
 //
-// One CTA per (key block of BN keys, kv head, batch); 4 warps, each owning 16 keys. The CTA
+// One CTA per (key block of BN keys, kv head, batch); 8 warps, each owning 16 keys. The CTA
 // walks the query tiles (BM rows) of every query head of its kv group that the mask leaves
 // reachable, so dK and dV of a GQA group accumulate in registers with no atomics. Per tile:
 //   dP^T = V dO^T,  S^T = K Q^T                  (16 keys x BM queries per warp, registers)
 //   P = exp2(S * scale * log2e - lse * log2e),   dS = P * (dP - D) [* (1 - tanh^2) soft-cap]
 //   dV += P^T dO,   dK += dS^T Q                 (P and dS go from accumulators to A operands)
-//   dQ += dS K                                   (dS through shared memory; f32 atomics into
-//                                                 dq_accum, or ordered adds when deterministic)
+//   dQ += dS K                                   (dS through shared memory, each warp 16 rows
+//                                                 x D / 2; f32 atomics into dq_accum, or ordered
+//                                                 adds when deterministic)
 // The scale multiplies dK here and dQ in the convert kernel, so dS stays scale-free.
 //
 // Letters: Sq/Sk this sequence's lengths, D = Dv head dim, BM/BN (kBwdTile). Shared memory (T
 // elements, rows padded by 16 bytes so the 8 rows of one ldmatrix hit 8 bank groups):
-//   sK (BN, D + 8)   sV (BN, D + 8)   sQ (2, BM, D + 8)   sdO (2, BM, D + 8)
+//   sK (BN, D + 8)   sV (BN, D + 8)   sQ (2, BM, D + 8)   sdO (2, BM, D + 8)   sdS (BN, BM + 8)
 //   then f32: lse * log2e (2, BM) and D_i (2, BM); stage s holds the s-th visited tile mod 2.
-//   sdS (BN, BM + 8) lives in the current sdO stage once dV is done with it: that keeps the CTA
-//   near 100 KB at head_dim 128, so two CTAs (8 warps) share an H100 SM.
+//   About 157 KB at head_dim 128: one CTA of 8 warps per SM on A100 and H100.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,13 +24,24 @@
 
 #include "cuda/bwd_params.hpp"
 #include "cuda/check.hpp"
-#include "cuda/sm80/flash_fwd.cuh"  // row_offset, load_tile_async, tanh_exp2
+#include "cuda/sm80/flash_fwd.cuh"  // row_offset, tanh_exp2
 #include "cuda/sm80/ptx.cuh"
 #include "mask_eval.hpp"
 
 namespace attn::cuda::sm80 {
 
-static_assert(kBwdThreads == kFwdThreads, "load_tile_async strides by the forward's thread count");
+/// Copies ROWS x COLS elements of T, 16 bytes per cp.async over the CTA's threads, from the
+/// global rows that `row_ptr(r)` returns (nullptr: zero fill) into rows of `stride` elements.
+template <class T, int ROWS, int COLS, class RowPtr>
+__device__ __forceinline__ void load_rows_async(T* smem, int stride, const T* base, RowPtr row_ptr) {
+  constexpr int kChunks = COLS / 8;
+#pragma unroll
+  for (int id = int(threadIdx.x); id < ROWS * kChunks; id += kBwdThreads) {
+    const int r = id / kChunks, c = id % kChunks;
+    const T* src = row_ptr(r);
+    cp_async_16(smem + r * stride + c * 8, src != nullptr ? src + c * 8 : base, src != nullptr);
+  }
+}
 
 /// Query rows [lo, hi) that may attend to keys [j0, j1): the interval parts read backwards.
 /// Conservative (classify then decides per tile); globals only keep the causal bound, since a
@@ -73,19 +84,20 @@ template <class T, int D>
 struct BwdTraits {
   static constexpr int kBlockM = kBwdTile.block_m;
   static constexpr int kBlockN = kBwdTile.block_n;
-  static_assert(kBlockN == 16 * kBwdWarps && kBlockM == 16 * kBwdWarps,
-                "each warp owns 16 keys, and 16 query rows of the dQ product");
+  static constexpr int kWarps = kBwdTile.warps;
+  static_assert(kBlockN == 16 * kWarps, "each warp owns 16 keys");
+  // dQ (BM x D): warp w owns rows (w % kRowGroups) * 16 and columns (w / kRowGroups) * kDqCols.
+  static constexpr int kRowGroups = kBlockM / 16;
+  static_assert(kWarps % kRowGroups == 0, "warps tile the dQ product");
+  static constexpr int kDqCols = D / (kWarps / kRowGroups);
+  static_assert(kDqCols % 16 == 0, "dQ columns per warp are whole 16-column mma tiles");
   static_assert(D % 16 == 0, "head dims are multiples of 16");
   static constexpr int kStride = D + 8;        // sK, sV, sQ, sdO rows
   static constexpr int kSStride = kBlockM + 8;  // sdS rows
   static constexpr int kSmemK = kBlockN * kStride;
   static constexpr int kSmemQ = kBlockM * kStride;  // one stage
-  static_assert(kBlockN * kSStride <= kSmemQ, "sdS fits in one sdO stage");
-  static constexpr int kSmemT = 2 * kSmemK + 4 * kSmemQ;
-  // dQ = dS K runs over head-dim chunks so its accumulators (kDqChunk / 2 registers) and
-  // dK, dV (D registers) stay under 255 together.
-  static constexpr int kDqChunk = D >= 96 ? D / 2 : D;
-  static_assert(kDqChunk % 16 == 0, "dQ chunks are whole 16-column mma tiles");
+  static constexpr int kSmemS = kBlockN * kSStride;
+  static constexpr int kSmemT = 2 * kSmemK + 4 * kSmemQ + kSmemS;
   static constexpr int kSmemBytes = kSmemT * int(sizeof(T)) + 4 * kBlockM * int(sizeof(float));
 };
 
@@ -100,6 +112,7 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   T* sV = sK + Tr::kSmemK;
   T* sQ = sV + Tr::kSmemK;
   T* sdO = sQ + 2 * Tr::kSmemQ;
+  T* sdS = sdO + 2 * Tr::kSmemQ;
   float* sLse = reinterpret_cast<float*>(sK + Tr::kSmemT);
   float* sDsum = sLse + 2 * BM;
 
@@ -117,10 +130,10 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   const T* q = static_cast<const T*>(p.q);
   const T* dout = static_cast<const T*>(p.dout);
   // Keys past Sk are zero-filled so every product stays finite; their P is masked to 0.
-  load_tile_async<T, BN, D>(sK, S, k, [&](int r) -> const T* {
+  load_rows_async<T, BN, D>(sK, S, k, [&](int r) -> const T* {
     return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
   });
-  load_tile_async<T, BN, D>(sV, S, v, [&](int r) -> const T* {
+  load_rows_async<T, BN, D>(sV, S, v, [&](int r) -> const T* {
     return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
   });
   cp_async_commit();
@@ -138,10 +151,10 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   };
   auto load_tile = [&](int x, int stage) {
     const int h = head_of(x), m0 = tile_of(x) * BM;
-    load_tile_async<T, BM, D>(sQ + stage * Tr::kSmemQ, S, q, [&](int r) -> const T* {
+    load_rows_async<T, BM, D>(sQ + stage * Tr::kSmemQ, S, q, [&](int r) -> const T* {
       return m0 + r < Sq ? q + row_offset(p.q_layout, b, m0 + r, h) : nullptr;
     });
-    load_tile_async<T, BM, D>(sdO + stage * Tr::kSmemQ, S, dout, [&](int r) -> const T* {
+    load_rows_async<T, BM, D>(sdO + stage * Tr::kSmemQ, S, dout, [&](int r) -> const T* {
       return m0 + r < Sq ? dout + row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
     });
     // lse = -inf (a fully masked row) and padding rows become +inf, so exp2(s - lse) = 0.
@@ -227,6 +240,15 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
         dp[nt][e] = pr * (dp[nt][e] - dsum_s[col]) * dcap;
       }
 
+    // dS^T (key-major) to shared memory: dQ needs all keys of a query row, and they are spread
+    // over the warps. Every warp finished reading the previous tile's sdS before the top barrier.
+#pragma unroll
+    for (int nt = 0; nt < BM / 8; ++nt) {
+      const int r = warp * 16 + lane / 4, c = nt * 8 + lane % 4 * 2;
+      *reinterpret_cast<std::uint32_t*>(sdS + r * SS + c) = pack2<T>(dp[nt][0], dp[nt][1]);
+      *reinterpret_cast<std::uint32_t*>(sdS + (r + 8) * SS + c) = pack2<T>(dp[nt][2], dp[nt][3]);
+    }
+
     // dV += P^T dO and dK += dS^T Q. Two adjacent 8-query accumulator tiles are one 16-query
     // A operand; B (query-major in shared memory) goes through ldmatrix.trans.
     auto mma_keys_by_dims = [&](float (&acc)[D / 8][4], const float (&src)[BM / 8][4], const T* sB) {
@@ -247,31 +269,36 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     mma_keys_by_dims(dv, s, sdOs);
     mma_keys_by_dims(dk, dp, sQs);
 
-    // dS^T (key-major) to shared memory, over this stage's dO once every warp is done with it:
-    // dQ needs all keys of a query row, and they are spread over the warps.
-    T* sdS = sdO + stage * Tr::kSmemQ;
-    __syncthreads();
-#pragma unroll
-    for (int nt = 0; nt < BM / 8; ++nt) {
-      const int r = warp * 16 + lane / 4, c = nt * 8 + lane % 4 * 2;
-      *reinterpret_cast<std::uint32_t*>(sdS + r * SS + c) = pack2<T>(dp[nt][0], dp[nt][1]);
-      *reinterpret_cast<std::uint32_t*>(sdS + (r + 8) * SS + c) = pack2<T>(dp[nt][2], dp[nt][3]);
-    }
-    __syncthreads();
+    __syncthreads();  // sdS complete
 
-    // dQ rows warp * 16 .. + 15 = dS K, one head-dim chunk at a time: A = dS from the
+    // dQ rows qr .. qr + 15, columns qc .. qc + kDqCols of this warp = dS K: A = dS from the
     // key-major sdS (ldmatrix.trans), B = K (key-major, ldmatrix.trans).
+    const int qr = warp % Tr::kRowGroups * 16, qc = warp / Tr::kRowGroups * Tr::kDqCols;
     float* dq_rows[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int i = m0 + warp * 16 + lane / 4 + 8 * half;
+      const int i = m0 + qr + lane / 4 + 8 * half;
       dq_rows[half] =
-          i < Sq ? params.dq_accum + ((std::int64_t(b) * p.seqlen_q + i) * Hq + h) * D + lane % 4 * 2 : nullptr;
+          i < Sq ? params.dq_accum + ((std::int64_t(b) * p.seqlen_q + i) * Hq + h) * D + qc + lane % 4 * 2 : nullptr;
+    }
+    constexpr int C = Tr::kDqCols;
+    float dq[C / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      std::uint32_t a[4];
+      ldmatrix_x4_trans(a, sdS + (kk * 16 + lane % 8 + lane / 16 * 8) * SS + qr + (lane / 8) % 2 * 8);
+#pragma unroll
+      for (int dj = 0; dj < C / 16; ++dj) {
+        std::uint32_t bt[4];
+        ldmatrix_x4_trans(bt, sK + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + qc + dj * 16 + lane / 16 * 8);
+        mma_16816<T>(dq[2 * dj], a, bt[0], bt[1]);
+        mma_16816<T>(dq[2 * dj + 1], a, bt[2], bt[3]);
+      }
     }
     int* counter = nullptr;
     if (p.deterministic) {
-      // Key blocks add into a query tile one at a time, in key-block order: wait until every
-      // lower block that visits this tile has added (blocks are dispatched in index order, so
+      // Key blocks add into a query tile one at a time, in key-block order: wait (after the
+      // product, so the wait overlaps it) until every lower block that visits this tile has added (blocks are dispatched in index order, so
       // those are running or done), add, then count ourselves in.
       counter = params.counters + (std::int64_t(b) * Hq + h) * params.m_tiles + m;
       if (threadIdx.x == 0) {
@@ -281,35 +308,18 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
       }
       __syncthreads();
     }
-    constexpr int C = Tr::kDqChunk;
 #pragma unroll
-    for (int c0 = 0; c0 < D; c0 += C) {
-      float dq[C / 8][4] = {};
+    for (int half = 0; half < 2; ++half) {
+      if (dq_rows[half] == nullptr) continue;
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        std::uint32_t a[4];
-        ldmatrix_x4_trans(a, sdS + (kk * 16 + lane % 8 + lane / 16 * 8) * SS + warp * 16 + (lane / 8) % 2 * 8);
-#pragma unroll
-        for (int dj = 0; dj < C / 16; ++dj) {
-          std::uint32_t bt[4];
-          ldmatrix_x4_trans(bt, sK + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + c0 + dj * 16 + lane / 16 * 8);
-          mma_16816<T>(dq[2 * dj], a, bt[0], bt[1]);
-          mma_16816<T>(dq[2 * dj + 1], a, bt[2], bt[3]);
-        }
-      }
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        if (dq_rows[half] == nullptr) continue;
-#pragma unroll
-        for (int dt = 0; dt < C / 8; ++dt) {
-          float* ptr = dq_rows[half] + c0 + dt * 8;
-          if (!p.deterministic) {
-            atomicAdd(ptr, dq[dt][2 * half]);
-            atomicAdd(ptr + 1, dq[dt][2 * half + 1]);
-          } else {
-            const float2 old = __ldcg(reinterpret_cast<const float2*>(ptr));  // L2: another SM wrote it
-            __stcg(reinterpret_cast<float2*>(ptr), make_float2(old.x + dq[dt][2 * half], old.y + dq[dt][2 * half + 1]));
-          }
+      for (int dt = 0; dt < C / 8; ++dt) {
+        float* ptr = dq_rows[half] + dt * 8;
+        if (!p.deterministic) {
+          atomicAdd(ptr, dq[dt][2 * half]);
+          atomicAdd(ptr + 1, dq[dt][2 * half + 1]);
+        } else {
+          const float2 old = __ldcg(reinterpret_cast<const float2*>(ptr));  // L2: another SM wrote it
+          __stcg(reinterpret_cast<float2*>(ptr), make_float2(old.x + dq[dt][2 * half], old.y + dq[dt][2 * half + 1]));
         }
       }
     }
