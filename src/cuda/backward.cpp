@@ -26,6 +26,18 @@ void check_rows(const char* name, const void* data, const TokenLayout& l) {
              l.batch_stride, "/", l.token_stride, "/", l.head_stride);
 }
 
+/// Calls fn.template operator()<D, Dv>() for the compiled head-dim pairs.
+template <class Fn>
+void with_head_dims(int d, int dv, Fn&& fn) {
+  if (d == 64 && dv == 64) return fn.template operator()<64, 64>();
+  if (d == 96 && dv == 96) return fn.template operator()<96, 96>();
+  if (d == 128 && dv == 128) return fn.template operator()<128, 128>();
+  if (d == 192 && dv == 192) return fn.template operator()<192, 192>();
+  if (d == 192 && dv == 128) return fn.template operator()<192, 128>();
+  if (d == 256 && dv == 256) return fn.template operator()<256, 256>();
+  detail::fail("head_dim: the cuda backward has no kernel for head_dim ", d, " / head_dim_v ", dv);
+}
+
 struct Plan {
   BwdParams params;
   std::size_t dq_bytes = 0, dsum_bytes = 0, counter_bytes = 0;
@@ -36,9 +48,7 @@ Plan plan_backward(const BackwardProblem& p) {
   ATTN_CHECK(p.dtype == DType::f16 || p.dtype == DType::bf16,
              "q: the cuda backend runs f16 and bf16 (f32 accumulation); got ", dtype_name(p.dtype),
              " (convert the inputs to bf16 or f16, or use the cpu backend)");
-  ATTN_CHECK(p.head_dim == p.head_dim_v && (p.head_dim == 64 || p.head_dim == 96 || p.head_dim == 128),
-             "head_dim: the cuda backward has kernels for head_dim 64, 96 and 128 (head_dim_v equal), got head_dim ",
-             p.head_dim, " / head_dim_v ", p.head_dim_v);
+  with_head_dims(p.head_dim, p.head_dim_v, []<int, int>() {});  // throws, naming them, when not compiled
   ATTN_CHECK(p.seqlens_k == nullptr && p.k_layout.block_table == nullptr,
              "k: the cuda backward takes padded or packed keys, not a cache");
   check_rows("q", p.q, p.q_layout);
@@ -55,8 +65,9 @@ Plan plan_backward(const BackwardProblem& p) {
   Plan plan;
   BwdParams& f = plan.params;
   f.p = p;
-  f.m_tiles = (p.seqlen_q + kBwdTile.block_m - 1) / kBwdTile.block_m;
-  f.n_blocks = (p.seqlen_k + kBwdTile.block_n - 1) / kBwdTile.block_n;
+  const BwdTile tile = bwd_tile(p.head_dim);
+  f.m_tiles = (p.seqlen_q + tile.block_m - 1) / tile.block_m;
+  f.n_blocks = (p.seqlen_k + tile.block_n - 1) / tile.block_n;
   f.scale_log2 = p.scale * kLog2e;
   f.softcap_log2 = p.softcap * kLog2e;
   const std::size_t rows = std::size_t(p.batch) * std::size_t(p.seqlen_q) * std::size_t(p.heads_q);
@@ -93,18 +104,13 @@ void flash_backward(const BackwardProblem& p, Workspace ws) {
     launch_bwd_dot_do_o(f, stream);
   }
   if (f.n_blocks > 0) {
-    const auto run = [&]<int D>() {
+    with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
       if (p.dtype == DType::f16) {
-        launch_flash_bwd<DType::f16, D>(f, stream);
+        launch_flash_bwd<DType::f16, D, Dv>(f, stream);
       } else {
-        launch_flash_bwd<DType::bf16, D>(f, stream);
+        launch_flash_bwd<DType::bf16, D, Dv>(f, stream);
       }
-    };
-    switch (p.head_dim) {
-      case 64: run.template operator()<64>(); break;
-      case 96: run.template operator()<96>(); break;
-      default: run.template operator()<128>(); break;
-    }
+    });
   }
   if (p.seqlen_q > 0) launch_bwd_convert_dq(f, stream);
 }

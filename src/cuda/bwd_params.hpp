@@ -10,18 +10,26 @@
 
 namespace attn::cuda {
 
-/// Tile shape of the sm80 backward. Each CTA owns `block_n` keys of one kv head (16 per warp,
-/// dK and dV accumulated in registers) and walks query tiles of `block_m` rows.
+/// Tile shape of the sm80 backward for a head_dim. Each CTA owns `block_n` keys of one kv head
+/// and walks query tiles of `block_m` rows. Its warps form key groups of 16 keys; the
+/// `dim_split` warps of a group share those keys and split the head dims of dK and dV, so the
+/// accumulators of one warp stay D / 2 / dim_split + Dv / 2 / dim_split registers.
 struct BwdTile {
   int block_m;  ///< query rows per step
-  int block_n;  ///< keys per CTA, 16 per warp
+  int block_n;  ///< keys per CTA, 16 per key group
   int warps;
+  int dim_split;  ///< warps per key group
 };
-// dK and dV of 16 keys cost D / 2 + Dv / 2 f32 registers per thread, S^T and dP^T of a 64-query
-// step another 32 each: this fits head_dim up to 128 within 255 registers. 128 keys per CTA
-// (not 64) halve the dQ atomics and the Q / dO loads per key.
-inline constexpr BwdTile kBwdTile{64, 128, 8};
-inline constexpr int kBwdThreads = 32 * kBwdTile.warps;
+inline constexpr int kBwdWarps = 8;
+inline constexpr int kBwdThreads = 32 * kBwdWarps;
+
+ATTN_HD constexpr BwdTile bwd_tile(int head_dim) {
+  // Up to 128: dK + dV of 16 keys (D registers) and S^T, dP^T of a 64-query step (64) fit 255
+  // registers; 128 keys per CTA halve the dQ atomics and Q / dO loads per key against 64.
+  // Beyond: two warps per 16 keys (each recomputes S^T and dP^T, 1.4x the mma work) and
+  // 32-query steps keep the registers, and shared memory under A100's 164 KB.
+  return head_dim <= 128 ? BwdTile{64, 128, kBwdWarps, 1} : BwdTile{32, 64, kBwdWarps, 2};
+}
 
 /// Launch plan and problem for one backward call. Workspace (f32 unless said), Sq = seqlen_q
 /// (the maximum for packed batches), rows indexed by (batch, query) even when packed:
@@ -40,8 +48,8 @@ struct BwdParams {
   int* counters = nullptr;
 };
 
-/// One explicit instantiation per (dtype, head_dim), in src/cuda/sm80/flash_bwd_*.cu.
-template <DType dtype, int D>
+/// One explicit instantiation per (dtype, head_dim, head_dim_v), in src/cuda/sm80/flash_bwd_*.cu.
+template <DType dtype, int D, int Dv>
 void launch_flash_bwd(const BwdParams& params, cudaStream_t stream);
 
 /// D_i = rowsum(dO_i * O_i) into dsum (src/cuda/bwd_prep.cu).

@@ -101,7 +101,7 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
   std::mt19937_64 gen(seed);
   const bool varlen = !c.lens_q.empty();
   const int B = varlen ? int(c.lens_q.size()) : c.batch;
-  const int Hq = c.heads_q, Hk = c.heads_kv, D = c.head_dim;
+  const int Hq = c.heads_q, Hk = c.heads_kv, D = c.head_dim, Dv = c.head_dim_v > 0 ? c.head_dim_v : D;
   const std::vector<int> lq = varlen ? c.lens_q : std::vector<int>(std::size_t(B), c.seqlen_q);
   const std::vector<int> lk = varlen ? c.lens_k : std::vector<int>(std::size_t(B), c.seqlen_k);
   const std::vector<int> cu_q = offsets_of(lq), cu_k = offsets_of(lk);
@@ -109,10 +109,12 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
   const std::int64_t Tq = cu_q.back(), Tk = cu_k.back();
   const Shape q_shape = varlen ? Shape{Tq, Hq, D} : Shape{B, c.seqlen_q, Hq, D};
   const Shape k_shape = varlen ? Shape{Tk, Hk, D} : Shape{B, c.seqlen_k, Hk, D};
+  const Shape o_shape = varlen ? Shape{Tq, Hq, Dv} : Shape{B, c.seqlen_q, Hq, Dv};
+  const Shape v_shape = varlen ? Shape{Tk, Hk, Dv} : Shape{B, c.seqlen_k, Hk, Dv};
   const Shape lse_shape = varlen ? Shape{Hq, Tq} : Shape{B, Hq, c.seqlen_q};
 
   const Tensor q_h = host_randn(q_shape, c.dtype, c.sigma, gen), k_h = host_randn(k_shape, c.dtype, c.sigma, gen);
-  const Tensor v_h = host_randn(k_shape, c.dtype, 1.0, gen), dout_h = host_randn(q_shape, c.dtype, 1.0, gen);
+  const Tensor v_h = host_randn(v_shape, c.dtype, 1.0, gen), dout_h = host_randn(o_shape, c.dtype, 1.0, gen);
 
   // Mask parts that need tensors: a random block layout (block row 0 of head 0 empty, so some
   // rows are fully masked) and global tokens.
@@ -150,9 +152,9 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
 
   // Reference forward (out rounded to the storage dtype, lse f32) and backward (f64 gradients).
   Tensor cu_q_h = host_i32(cu_q), cu_k_h = host_i32(cu_k);
-  Tensor out_h = host_tensor(q_shape, c.dtype), lse_h = host_tensor(lse_shape, DType::f32);
+  Tensor out_h = host_tensor(o_shape, c.dtype), lse_h = host_tensor(lse_shape, DType::f32);
   Tensor dq_ref = host_tensor(q_shape, DType::f64), dk_ref = host_tensor(k_shape, DType::f64),
-         dv_ref = host_tensor(k_shape, DType::f64);
+         dv_ref = host_tensor(v_shape, DType::f64);
   {
     ForwardArgs f;
     f.q = q_h;
@@ -203,7 +205,7 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
   a.deterministic = c.deterministic;
   auto run = [&](Tensor& dq, Tensor& dk, Tensor& dv) {
     Tensor dq_d = poisoned_device(q_shape, c.dtype), dk_d = poisoned_device(k_shape, c.dtype),
-           dv_d = poisoned_device(k_shape, c.dtype);
+           dv_d = poisoned_device(v_shape, c.dtype);
     a.dq = dq_d;
     a.dk = dk_d;
     a.dv = dv_d;
@@ -220,7 +222,7 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
   int failures = 0;
   compare("dq", dq, dq_ref, D, u, why, failures, summary);
   compare("dk", dk, dk_ref, D, u, why, failures, summary);
-  compare("dv", dv, dv_ref, D, u, why, failures, summary);
+  compare("dv", dv, dv_ref, Dv, u, why, failures, summary);
   if (repeat_bitwise) {
     Tensor dq2, dk2, dv2;
     run(dq2, dk2, dv2);
@@ -242,15 +244,16 @@ std::vector<BwdCase> backward_cases() {
 
   // Every compiled (dtype, head dim) with GQA 2 and lengths that are not tile multiples.
   for (DType dt : {DType::bf16, DType::f16})
-    for (int d : {64, 96, 128}) {
+    for (auto [d, dv] : {std::pair{64, 64}, {96, 96}, {128, 128}, {192, 192}, {192, 128}, {256, 256}}) {
       BwdCase c;
-      c.name = std::string("basic_") + dtype_name(dt) + "_d" + std::to_string(d);
+      c.name = std::string("basic_") + dtype_name(dt) + "_d" + std::to_string(d) + (d != dv ? "x" + std::to_string(dv) : "");
       c.dtype = dt;
       c.head_dim = d;
+      c.head_dim_v = dv;
       c.seqlen_q = 137;
       c.seqlen_k = 137;
       c.heads_kv = 2;
-      c.small = d == 64;
+      c.small = d == 64 || d == 256 || d != dv;
       add(c);
       c.name += "_causal";
       c.causal = true;
@@ -273,6 +276,7 @@ std::vector<BwdCase> backward_cases() {
     add(c);
   };
   mask_case("causal_d128_f16", [](BwdCase& c) { c.causal = true; c.dtype = DType::f16; c.head_dim = 128; });
+  mask_case("causal_sq_gt_sk_d192x128", [](BwdCase& c) { c.causal = true; c.seqlen_q = 250; c.seqlen_k = 100; c.head_dim = 192; c.head_dim_v = 128; });
   mask_case("causal_sq_lt_sk", [](BwdCase& c) { c.causal = true; c.seqlen_q = 77; c.seqlen_k = 300; });
   mask_case("causal_sq_gt_sk_fully_masked_rows", [](BwdCase& c) { c.causal = true; c.seqlen_q = 300; c.seqlen_k = 77; c.small = true; });
   mask_case("sq_gt_sk", [](BwdCase& c) { c.seqlen_q = 300; c.seqlen_k = 77; });
@@ -290,6 +294,7 @@ std::vector<BwdCase> backward_cases() {
   mask_case("global_window", [](BwdCase& c) { c.global_tokens = {3, 199}; c.window_left = 8; c.window_right = 8; });
   mask_case("global_strided", [](BwdCase& c) { c.global_tokens = {7, 100}; c.strided = 9; });
   mask_case("softcap", [](BwdCase& c) { c.softcap = 5.0f; c.sigma = 3.0; });
+  mask_case("softcap_window_d256", [](BwdCase& c) { c.softcap = 20.0f; c.sigma = 2.0; c.window_left = 40; c.window_right = 3; c.head_dim = 256; });
   mask_case("softcap_causal_d128", [](BwdCase& c) { c.softcap = 30.0f; c.sigma = 4.0; c.causal = true; c.head_dim = 128; });
   mask_case("large_logits_bf16", [](BwdCase& c) { c.sigma = 3.0; });
   mask_case("scale", [](BwdCase& c) { c.scale = 0.3f; c.causal = true; });
@@ -349,6 +354,16 @@ std::vector<BwdCase> backward_cases() {
   w.deterministic = true;
   w.small = false;
   add(w);
+  BwdCase x;
+  x.name = "deterministic_d256_gqa3_causal";
+  x.deterministic = true;
+  x.causal = true;
+  x.head_dim = 256;
+  x.heads_q = 3;
+  x.heads_kv = 1;
+  x.seqlen_q = 170;
+  x.seqlen_k = 230;
+  add(x);
   return cs;
 }
 

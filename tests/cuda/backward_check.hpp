@@ -20,6 +20,7 @@ struct BwdCase {
   std::string name;
   DType dtype = DType::bf16;
   int head_dim = 128;
+  int head_dim_v = 0;  ///< 0: head_dim
   int batch = 2;
   int seqlen_q = 128;
   int seqlen_k = 128;

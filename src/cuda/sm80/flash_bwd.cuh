@@ -1,21 +1,22 @@
 // FlashAttention-2 backward for sm80+ (mma.sync), recomputing P from the forward's lse.
 //
-// One CTA per (key block of BN keys, kv head, batch); 8 warps, each owning 16 keys. The CTA
+// One CTA per (key block of BN keys, kv head, batch); 8 warps in key groups of 16 keys (one
+// warp per group up to head_dim 128, two splitting the head dims beyond, see bwd_tile). The CTA
 // walks the query tiles (BM rows) of every query head of its kv group that the mask leaves
 // reachable, so dK and dV of a GQA group accumulate in registers with no atomics. Per tile:
 //   dP^T = V dO^T,  S^T = K Q^T                  (16 keys x BM queries per warp, registers)
 //   P = exp2(S * scale * log2e - lse * log2e),   dS = P * (dP - D) [* (1 - tanh^2) soft-cap]
 //   dV += P^T dO,   dK += dS^T Q                 (P and dS go from accumulators to A operands)
 //   dQ += dS K                                   (dS through shared memory, each warp 16 rows
-//                                                 x D / 2; f32 atomics into dq_accum, or ordered
-//                                                 adds when deterministic)
+//                                                 x a share of D; f32 atomics into dq_accum, or
+//                                                 ordered adds when deterministic)
 // The scale multiplies dK here and dQ in the convert kernel, so dS stays scale-free.
 //
-// Letters: Sq/Sk this sequence's lengths, D = Dv head dim, BM/BN (kBwdTile). Shared memory (T
+// Letters: Sq/Sk this sequence's lengths, D/Dv head dims, BM/BN (bwd_tile). Shared memory (T
 // elements, rows padded by 16 bytes so the 8 rows of one ldmatrix hit 8 bank groups):
-//   sK (BN, D + 8)   sV (BN, D + 8)   sQ (2, BM, D + 8)   sdO (2, BM, D + 8)   sdS (BN, BM + 8)
+//   sK (BN, D + 8)   sV (BN, Dv + 8)   sQ (2, BM, D + 8)   sdO (2, BM, Dv + 8)   sdS (BN, BM + 8)
 //   then f32: lse * log2e (2, BM) and D_i (2, BM); stage s holds the s-th visited tile mod 2.
-//   About 157 KB at head_dim 128: one CTA of 8 warps per SM on A100 and H100.
+//   About 155 KB at head_dim 128 and 140 KB at 256: one CTA of 8 warps per SM on A100 and H100.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -80,44 +81,96 @@ __device__ __forceinline__ int ld_acquire(const int* p) {
   return v;
 }
 
-template <class T, int D>
+/// acc (16 rows x BM queries) += A B^T over K columns: A = 16 rows at sA, B = BM query rows at
+/// sB, both row-major with STRIDE (dP^T = V dO^T and S^T = K Q^T).
+template <class T, int BM, int K, int STRIDE>
+__device__ __forceinline__ void mma_rows_by_queries(float (&acc)[BM / 8][4], const T* sA, const T* sB, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    std::uint32_t a[4];
+    ldmatrix_x4(a, sA + (lane % 8 + (lane / 8) % 2 * 8) * STRIDE + kk * 16 + lane / 16 * 8);
+#pragma unroll
+    for (int nj = 0; nj < BM / 16; ++nj) {
+      std::uint32_t bq[4];
+      ldmatrix_x4(bq, sB + (nj * 16 + lane % 8 + lane / 16 * 8) * STRIDE + kk * 16 + (lane / 8) % 2 * 8);
+      mma_16816<T>(acc[2 * nj], a, bq[0], bq[1]);
+      mma_16816<T>(acc[2 * nj + 1], a, bq[2], bq[3]);
+    }
+  }
+}
+
+/// acc (16 rows x N columns) += src B over BM queries: src is a (16 x BM) accumulator tile (P^T
+/// or dS^T), whose two adjacent 8-query tiles form one 16-query A operand; B = BM query rows at
+/// sB, row-major with STRIDE, read through ldmatrix.trans (dV += P^T dO, dK += dS^T Q).
+template <class T, int BM, int N, int STRIDE>
+__device__ __forceinline__ void mma_keys_by_dims(float (&acc)[N / 8][4], const float (&src)[BM / 8][4], const T* sB,
+                                                 int lane) {
+#pragma unroll
+  for (int kk = 0; kk < BM / 16; ++kk) {
+    const std::uint32_t a[4] = {pack2<T>(src[2 * kk][0], src[2 * kk][1]), pack2<T>(src[2 * kk][2], src[2 * kk][3]),
+                                pack2<T>(src[2 * kk + 1][0], src[2 * kk + 1][1]),
+                                pack2<T>(src[2 * kk + 1][2], src[2 * kk + 1][3])};
+#pragma unroll
+    for (int dj = 0; dj < N / 16; ++dj) {
+      std::uint32_t bt[4];
+      ldmatrix_x4_trans(bt, sB + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * STRIDE + dj * 16 + lane / 16 * 8);
+      mma_16816<T>(acc[2 * dj], a, bt[0], bt[1]);
+      mma_16816<T>(acc[2 * dj + 1], a, bt[2], bt[3]);
+    }
+  }
+}
+
+template <class T, int D, int Dv>
 struct BwdTraits {
-  static constexpr int kBlockM = kBwdTile.block_m;
-  static constexpr int kBlockN = kBwdTile.block_n;
-  static constexpr int kWarps = kBwdTile.warps;
-  static_assert(kBlockN == 16 * kWarps, "each warp owns 16 keys");
+  static constexpr BwdTile kTile = bwd_tile(D);
+  static constexpr int kBlockM = kTile.block_m;
+  static constexpr int kBlockN = kTile.block_n;
+  static constexpr int kSplit = kTile.dim_split;
+  static constexpr int kKeyGroups = kBwdWarps / kSplit;
+  static_assert(kBlockN == 16 * kKeyGroups, "each key group owns 16 keys");
+  static_assert(D % (16 * kSplit) == 0 && Dv % (16 * kSplit) == 0 && Dv <= D,
+                "head dims split into whole 16-column mma tiles, Dv <= D");
+  static constexpr int kDkCols = D / kSplit;   // dK columns of one warp
+  static constexpr int kDvCols = Dv / kSplit;  // dV columns of one warp
   // dQ (BM x D): warp w owns rows (w % kRowGroups) * 16 and columns (w / kRowGroups) * kDqCols.
   static constexpr int kRowGroups = kBlockM / 16;
-  static_assert(kWarps % kRowGroups == 0, "warps tile the dQ product");
-  static constexpr int kDqCols = D / (kWarps / kRowGroups);
+  static_assert(kBwdWarps % kRowGroups == 0, "warps tile the dQ product");
+  static constexpr int kDqCols = D / (kBwdWarps / kRowGroups);
   static_assert(kDqCols % 16 == 0, "dQ columns per warp are whole 16-column mma tiles");
-  static_assert(D % 16 == 0, "head dims are multiples of 16");
-  static constexpr int kStride = D + 8;        // sK, sV, sQ, sdO rows
+  static_assert(kBlockM / 2 <= 32, "one mask bit per score fits a 32-bit word");
+  static constexpr int kStride = D + 8;         // sK, sQ rows
+  static constexpr int kVStride = Dv + 8;       // sV, sdO rows
   static constexpr int kSStride = kBlockM + 8;  // sdS rows
   static constexpr int kSmemK = kBlockN * kStride;
-  static constexpr int kSmemQ = kBlockM * kStride;  // one stage
+  static constexpr int kSmemV = kBlockN * kVStride;
+  static constexpr int kSmemQ = kBlockM * kStride;   // one stage
+  static constexpr int kSmemO = kBlockM * kVStride;  // one stage
   static constexpr int kSmemS = kBlockN * kSStride;
-  static constexpr int kSmemT = 2 * kSmemK + 4 * kSmemQ + kSmemS;
+  static constexpr int kSmemT = kSmemK + kSmemV + 2 * kSmemQ + 2 * kSmemO + kSmemS;
   static constexpr int kSmemBytes = kSmemT * int(sizeof(T)) + 4 * kBlockM * int(sizeof(float));
 };
 
-template <class T, int D>
+template <class T, int D, int Dv>
 __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_constant__ BwdParams params) {
-  using Tr = BwdTraits<T, D>;
-  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStride, SS = Tr::kSStride;
+  using Tr = BwdTraits<T, D, Dv>;
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStride, SV = Tr::kVStride, SS = Tr::kSStride;
   constexpr float kPosInf = INFINITY;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + Tr::kSmemK;
-  T* sQ = sV + Tr::kSmemK;
+  T* sQ = sV + Tr::kSmemV;
   T* sdO = sQ + 2 * Tr::kSmemQ;
-  T* sdS = sdO + 2 * Tr::kSmemQ;
+  T* sdS = sdO + 2 * Tr::kSmemO;
   float* sLse = reinterpret_cast<float*>(sK + Tr::kSmemT);
   float* sDsum = sLse + 2 * BM;
 
   const detail::BackwardProblem& p = params.p;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  // This warp's 16 keys (key group kg) and its share of the dK / dV columns.
+  const int kg = Tr::kSplit == 1 ? warp : warp % Tr::kKeyGroups;
+  const int split = Tr::kSplit == 1 ? 0 : warp / Tr::kKeyGroups;
+  const int dk_c0 = split * Tr::kDkCols, dv_c0 = split * Tr::kDvCols;
   const int nb = int(blockIdx.x), hk = int(blockIdx.y), b = int(blockIdx.z);
   const int Sq = p.seqlen_q_of(b), Sk = p.seqlen_k_of(b);
   const int n0 = nb * BN;
@@ -133,7 +186,7 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   load_rows_async<T, BN, D>(sK, S, k, [&](int r) -> const T* {
     return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
   });
-  load_rows_async<T, BN, D>(sV, S, v, [&](int r) -> const T* {
+  load_rows_async<T, BN, Dv>(sV, SV, v, [&](int r) -> const T* {
     return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
   });
   cp_async_commit();
@@ -154,7 +207,7 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     load_rows_async<T, BM, D>(sQ + stage * Tr::kSmemQ, S, q, [&](int r) -> const T* {
       return m0 + r < Sq ? q + row_offset(p.q_layout, b, m0 + r, h) : nullptr;
     });
-    load_rows_async<T, BM, D>(sdO + stage * Tr::kSmemQ, S, dout, [&](int r) -> const T* {
+    load_rows_async<T, BM, Dv>(sdO + stage * Tr::kSmemO, SV, dout, [&](int r) -> const T* {
       return m0 + r < Sq ? dout + row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
     });
     // lse = -inf (a fully masked row) and padding rows become +inf, so exp2(s - lse) = 0.
@@ -166,8 +219,8 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     }
   };
 
-  float dk[D / 8][4] = {};
-  float dv[D / 8][4] = {};
+  float dk[Tr::kDkCols / 8][4] = {};
+  float dv[Tr::kDvCols / 8][4] = {};
   const bool softcap = p.softcap > 0.0f;
   const float cap_mul = p.scale / (softcap ? p.softcap : 1.0f);
   int x = next_tile(0);
@@ -185,33 +238,19 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     const int h = head_of(x), m = tile_of(x), m0 = m * BM;
     const detail::MaskEval me = eval_of(h);
     const T* sQs = sQ + stage * Tr::kSmemQ;
-    const T* sdOs = sdO + stage * Tr::kSmemQ;
+    const T* sdOs = sdO + stage * Tr::kSmemO;
     const float* lse_s = sLse + stage * BM;
     const float* dsum_s = sDsum + stage * BM;
 
     // dP^T = V dO^T and S^T = K Q^T: A from this warp's 16 key rows, B from the query rows.
     float dp[BM / 8][4] = {};
     float s[BM / 8][4] = {};
-    auto mma_rows_by_queries = [&](float (&acc)[BM / 8][4], const T* sA, const T* sB) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        std::uint32_t a[4];
-        ldmatrix_x4(a, sA + (warp * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + kk * 16 + lane / 16 * 8);
-#pragma unroll
-        for (int nj = 0; nj < BM / 16; ++nj) {
-          std::uint32_t bq[4];
-          ldmatrix_x4(bq, sB + (nj * 16 + lane % 8 + lane / 16 * 8) * S + kk * 16 + (lane / 8) % 2 * 8);
-          mma_16816<T>(acc[2 * nj], a, bq[0], bq[1]);
-          mma_16816<T>(acc[2 * nj + 1], a, bq[2], bq[3]);
-        }
-      }
-    };
-    mma_rows_by_queries(dp, sV, sdOs);
-    mma_rows_by_queries(s, sK, sQs);
+    mma_rows_by_queries<T, BM, Dv, SV>(dp, sV + kg * 16 * SV, sdOs, lane);
+    mma_rows_by_queries<T, BM, D, S>(s, sK + kg * 16 * S, sQs, lane);
 
     // Element idx of a thread is s[idx / 4][idx % 4]: key row lane / 4 (+ 8 for idx % 4 >= 2),
     // query column idx / 4 * 8 + lane % 4 * 2 + idx % 2.
-    const int key_row = n0 + warp * 16 + lane / 4;
+    const int key_row = n0 + kg * 16 + lane / 4;
     std::uint32_t keep = ~0u;
     if (m0 + BM > Sq || n0 + BN > Sk || me.classify(m0, min(Sq, m0 + BM), n0, n1) == detail::TileKind::partial) {
       // One rolled copy of the predicate fills a bit per element (see the forward).
@@ -241,33 +280,21 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
       }
 
     // dS^T (key-major) to shared memory: dQ needs all keys of a query row, and they are spread
-    // over the warps. Every warp finished reading the previous tile's sdS before the top barrier.
+    // over the warps (the first warp of each key group writes). Every warp finished reading the
+    // previous tile's sdS before the top barrier.
+    if (split == 0) {
 #pragma unroll
-    for (int nt = 0; nt < BM / 8; ++nt) {
-      const int r = warp * 16 + lane / 4, c = nt * 8 + lane % 4 * 2;
-      *reinterpret_cast<std::uint32_t*>(sdS + r * SS + c) = pack2<T>(dp[nt][0], dp[nt][1]);
-      *reinterpret_cast<std::uint32_t*>(sdS + (r + 8) * SS + c) = pack2<T>(dp[nt][2], dp[nt][3]);
+      for (int nt = 0; nt < BM / 8; ++nt) {
+        const int r = kg * 16 + lane / 4, c = nt * 8 + lane % 4 * 2;
+        *reinterpret_cast<std::uint32_t*>(sdS + r * SS + c) = pack2<T>(dp[nt][0], dp[nt][1]);
+        *reinterpret_cast<std::uint32_t*>(sdS + (r + 8) * SS + c) = pack2<T>(dp[nt][2], dp[nt][3]);
+      }
     }
 
     // dV += P^T dO and dK += dS^T Q. Two adjacent 8-query accumulator tiles are one 16-query
     // A operand; B (query-major in shared memory) goes through ldmatrix.trans.
-    auto mma_keys_by_dims = [&](float (&acc)[D / 8][4], const float (&src)[BM / 8][4], const T* sB) {
-#pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) {
-        const std::uint32_t a[4] = {pack2<T>(src[2 * kk][0], src[2 * kk][1]), pack2<T>(src[2 * kk][2], src[2 * kk][3]),
-                                    pack2<T>(src[2 * kk + 1][0], src[2 * kk + 1][1]),
-                                    pack2<T>(src[2 * kk + 1][2], src[2 * kk + 1][3])};
-#pragma unroll
-        for (int dj = 0; dj < D / 16; ++dj) {
-          std::uint32_t bt[4];
-          ldmatrix_x4_trans(bt, sB + (kk * 16 + lane % 8 + (lane / 8) % 2 * 8) * S + dj * 16 + lane / 16 * 8);
-          mma_16816<T>(acc[2 * dj], a, bt[0], bt[1]);
-          mma_16816<T>(acc[2 * dj + 1], a, bt[2], bt[3]);
-        }
-      }
-    };
-    mma_keys_by_dims(dv, s, sdOs);
-    mma_keys_by_dims(dk, dp, sQs);
+    mma_keys_by_dims<T, BM, Tr::kDvCols, SV>(dv, s, sdOs + dv_c0, lane);
+    mma_keys_by_dims<T, BM, Tr::kDkCols, S>(dk, dp, sQs + dk_c0, lane);
 
     __syncthreads();  // sdS complete
 
@@ -333,28 +360,29 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   }
   cp_async_wait<0>();  // with no tile visited, K and V may still be landing
 
-  // dK (scaled here) and dV of this warp's keys, straight from the accumulators.
+  // dK (scaled here) and dV of this warp's keys and columns, straight from the accumulators.
   T* dk_out = static_cast<T*>(p.dk);
   T* dv_out = static_cast<T*>(p.dv);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
-    const int j = n0 + warp * 16 + lane / 4 + 8 * half;
+    const int j = n0 + kg * 16 + lane / 4 + 8 * half;
     if (j >= Sk) continue;
-    T* dk_row = dk_out + row_offset(p.dk_layout, b, j, hk) + lane % 4 * 2;
-    T* dv_row = dv_out + row_offset(p.dv_layout, b, j, hk) + lane % 4 * 2;
+    T* dk_row = dk_out + row_offset(p.dk_layout, b, j, hk) + dk_c0 + lane % 4 * 2;
+    T* dv_row = dv_out + row_offset(p.dv_layout, b, j, hk) + dv_c0 + lane % 4 * 2;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
+    for (int dt = 0; dt < Tr::kDkCols / 8; ++dt)
       *reinterpret_cast<std::uint32_t*>(dk_row + dt * 8) =
           pack2<T>(dk[dt][2 * half] * p.scale, dk[dt][2 * half + 1] * p.scale);
+#pragma unroll
+    for (int dt = 0; dt < Tr::kDvCols / 8; ++dt)
       *reinterpret_cast<std::uint32_t*>(dv_row + dt * 8) = pack2<T>(dv[dt][2 * half], dv[dt][2 * half + 1]);
-    }
   }
 }
 
-template <class T, int D>
+template <class T, int D, int Dv>
 void launch_bwd(const BwdParams& params, cudaStream_t stream) {
-  using Tr = BwdTraits<T, D>;
-  const auto kernel = flash_bwd_kernel<T, D>;
+  using Tr = BwdTraits<T, D, Dv>;
+  const auto kernel = flash_bwd_kernel<T, D, Dv>;
   constexpr int smem = Tr::kSmemBytes;
   // Above 48 KB a kernel must opt in to its dynamic shared memory.
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
@@ -366,10 +394,10 @@ void launch_bwd(const BwdParams& params, cudaStream_t stream) {
 }  // namespace attn::cuda::sm80
 
 /// One explicit instantiation of the backward, for a src/cuda/sm80/flash_bwd_*.cu file.
-#define ATTN_INSTANTIATE_FLASH_BWD(DTYPE, CTYPE, D)                                       \
-  namespace attn::cuda {                                                                  \
-  template <>                                                                             \
-  void launch_flash_bwd<DType::DTYPE, D>(const BwdParams& params, cudaStream_t stream) { \
-    sm80::launch_bwd<CTYPE, D>(params, stream);                                           \
-  }                                                                                       \
+#define ATTN_INSTANTIATE_FLASH_BWD(DTYPE, CTYPE, D, DV)                                       \
+  namespace attn::cuda {                                                                      \
+  template <>                                                                                 \
+  void launch_flash_bwd<DType::DTYPE, D, DV>(const BwdParams& params, cudaStream_t stream) { \
+    sm80::launch_bwd<CTYPE, D, DV>(params, stream);                                           \
+  }                                                                                           \
   }
