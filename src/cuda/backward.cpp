@@ -40,8 +40,8 @@ void with_head_dims(int d, int dv, Fn&& fn) {
 
 struct Plan {
   BwdParams params;
-  std::size_t dq_bytes = 0, dsum_bytes = 0, counter_bytes = 0;
-  std::size_t total() const { return dq_bytes + dsum_bytes + counter_bytes; }
+  std::size_t dq_bytes = 0, row_bytes = 0, counter_bytes = 0;  // row_bytes: lse_log2 and dsum each
+  std::size_t total() const { return dq_bytes + 2 * row_bytes + counter_bytes; }
 };
 
 Plan plan_backward(const BackwardProblem& p) {
@@ -72,7 +72,9 @@ Plan plan_backward(const BackwardProblem& p) {
   f.softcap_log2 = p.softcap * kLog2e;
   const std::size_t rows = std::size_t(p.batch) * std::size_t(p.seqlen_q) * std::size_t(p.heads_q);
   plan.dq_bytes = align_up(rows * std::size_t(p.head_dim) * sizeof(float));
-  plan.dsum_bytes = align_up(rows * sizeof(float));
+  f.seqlen_q_pad = (p.seqlen_q + kBwdRowPad - 1) / kBwdRowPad * kBwdRowPad;
+  plan.row_bytes =
+      align_up(std::size_t(p.batch) * std::size_t(p.heads_q) * std::size_t(f.seqlen_q_pad) * sizeof(float));
   if (p.deterministic)
     plan.counter_bytes = align_up(std::size_t(p.batch) * std::size_t(p.heads_q) * std::size_t(f.m_tiles) * sizeof(int));
   return plan;
@@ -96,9 +98,10 @@ void flash_backward(const BackwardProblem& p, Workspace ws) {
                " bytes, got ", ws.bytes);
     char* base = static_cast<char*>(ws.data);
     f.dq_accum = reinterpret_cast<float*>(base);
-    f.dsum = reinterpret_cast<float*>(base + plan.dq_bytes);
-    if (p.deterministic) f.counters = reinterpret_cast<int*>(base + plan.dq_bytes + plan.dsum_bytes);
-    // Zeroing is one memset over the accumulator and the counters (dsum is fully written).
+    f.lse_log2 = reinterpret_cast<float*>(base + plan.dq_bytes);
+    f.dsum = reinterpret_cast<float*>(base + plan.dq_bytes + plan.row_bytes);
+    if (p.deterministic) f.counters = reinterpret_cast<int*>(base + plan.dq_bytes + 2 * plan.row_bytes);
+    // The accumulator and the counters start at 0; the prep kernel writes every row of the others.
     ATTN_CUDA_CHECK(cudaMemsetAsync(f.dq_accum, 0, plan.dq_bytes, stream));
     if (p.deterministic) ATTN_CUDA_CHECK(cudaMemsetAsync(f.counters, 0, plan.counter_bytes, stream));
     launch_bwd_dot_do_o(f, stream);

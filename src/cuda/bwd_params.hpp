@@ -31,10 +31,17 @@ ATTN_HD constexpr BwdTile bwd_tile(int head_dim) {
   return head_dim <= 128 ? BwdTile{64, 128, kBwdWarps, 1} : BwdTile{32, 64, kBwdWarps, 2};
 }
 
+/// Rows of lse_log2 and dsum per (batch, head): seqlen_q rounded up to whole query tiles, so the
+/// main kernel copies a tile's values with 16-byte cp.async and no bounds.
+inline constexpr int kBwdRowPad = 64;
+
 /// Launch plan and problem for one backward call. Workspace (f32 unless said), Sq = seqlen_q
-/// (the maximum for packed batches), rows indexed by (batch, query) even when packed:
+/// (the maximum for packed batches), Sp = Sq rounded up to kBwdRowPad, rows indexed by
+/// (batch, query) even when packed:
 ///   dq_accum  (B, Sq, Hq, D)     scale-free dQ sums; atomics, or ordered adds when deterministic
-///   dsum      (B, Hq, Sq)        D_i = rowsum(dO_i * O_i)
+///   lse_log2  (B, Hq, Sp)        lse * log2(e); +inf for fully masked and padding rows, so that
+///                                exp2(s - lse_log2) is 0 there
+///   dsum      (B, Hq, Sp)        D_i = rowsum(dO_i * O_i); 0 in padding rows
 ///   counters  i32 (B, Hq, m_tiles)  deterministic only: how many key blocks have added into
 ///                                    each query tile, so they add in key-block order
 struct BwdParams {
@@ -43,7 +50,9 @@ struct BwdParams {
   int n_blocks = 0;  ///< key blocks per (batch, kv head)
   float scale_log2 = 0;    ///< scale * log2(e)
   float softcap_log2 = 0;  ///< softcap * log2(e)
+  int seqlen_q_pad = 0;  ///< Sp
   float* dq_accum = nullptr;
+  float* lse_log2 = nullptr;
   float* dsum = nullptr;
   int* counters = nullptr;
 };
@@ -52,7 +61,7 @@ struct BwdParams {
 template <DType dtype, int D, int Dv>
 void launch_flash_bwd(const BwdParams& params, cudaStream_t stream);
 
-/// D_i = rowsum(dO_i * O_i) into dsum (src/cuda/bwd_prep.cu).
+/// lse_log2 and D_i = rowsum(dO_i * O_i) into dsum (src/cuda/bwd_prep.cu).
 void launch_bwd_dot_do_o(const BwdParams& params, cudaStream_t stream);
 /// dq = scale * dq_accum in the storage dtype (src/cuda/bwd_prep.cu).
 void launch_bwd_convert_dq(const BwdParams& params, cudaStream_t stream);

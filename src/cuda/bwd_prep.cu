@@ -1,5 +1,5 @@
-// The backward's small memory-bound kernels around the main one: D_i = rowsum(dO_i * O_i)
-// before, and dQ from its f32 accumulator to the storage dtype after.
+// The backward's small memory-bound kernels around the main one: D_i = rowsum(dO_i * O_i) and
+// lse in log2 units before, and dQ from its f32 accumulator to the storage dtype after.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,6 +11,7 @@ namespace {
 
 constexpr int kPrepThreads = 256;
 constexpr int kRowsPerBlock = kPrepThreads / 32;  // one warp per (query, head) row
+constexpr float kLog2e = 1.4426950408889634f;
 
 template <class T>
 __device__ __forceinline__ float to_f32(T x) {
@@ -23,14 +24,22 @@ __device__ __forceinline__ T from_f32(float x) {
   else return __float2bfloat16_rn(x);
 }
 
-/// Grid (row blocks, B); row = i * Hq + h of this sequence. 16-byte loads, warp-reduced.
+/// Grid (row blocks, B); row = i * Hq + h over the padded rows. 16-byte loads, warp-reduced.
 template <class T>
 __global__ void __launch_bounds__(kPrepThreads) dot_do_o_kernel(const __grid_constant__ BwdParams params) {
   const detail::BackwardProblem& p = params.p;
   const int b = int(blockIdx.y), Hq = p.heads_q;
   const int row = int(blockIdx.x) * kRowsPerBlock + int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  if (row >= p.seqlen_q_of(b) * Hq) return;
+  if (row >= params.seqlen_q_pad * Hq) return;
   const int i = row / Hq, h = row % Hq;
+  const std::int64_t out_row = (std::int64_t(b) * Hq + h) * params.seqlen_q_pad + i;
+  if (i >= p.seqlen_q_of(b)) {  // padding: P = 0 there
+    if (lane == 0) {
+      params.lse_log2[out_row] = INFINITY;
+      params.dsum[out_row] = 0.0f;
+    }
+    return;
+  }
   const T* dout = static_cast<const T*>(p.dout) + p.dout_layout.offset(b, i, h);
   const T* out = static_cast<const T*>(p.out) + p.out_layout.offset(b, i, h);
   float acc = 0.0f;
@@ -44,7 +53,11 @@ __global__ void __launch_bounds__(kPrepThreads) dot_do_o_kernel(const __grid_con
   }
 #pragma unroll
   for (int w = 16; w > 0; w /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, w);
-  if (lane == 0) params.dsum[(std::int64_t(b) * Hq + h) * p.seqlen_q + i] = acc;
+  if (lane == 0) {
+    const float lse = p.lse[p.lse_layout.offset(b, i, h)];
+    params.lse_log2[out_row] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+    params.dsum[out_row] = acc;
+  }
 }
 
 /// Grid (chunk blocks, B); each thread turns 8 accumulator values into one 16-byte store.
@@ -69,11 +82,11 @@ __global__ void __launch_bounds__(kPrepThreads) convert_dq_kernel(const __grid_c
 
 using PrepKernel = void (*)(const BwdParams);
 
-/// `per_row` threads for each (query, head) row of the padded length; grid.y = batch.
-void launch_prep(const BwdParams& params, int per_row, PrepKernel f16, PrepKernel bf16, const char* name,
+/// `per_row` threads for each of `rows` (query, head) rows per sequence; grid.y = batch.
+void launch_prep(const BwdParams& params, int rows, int per_row, PrepKernel f16, PrepKernel bf16, const char* name,
                  cudaStream_t stream) {
   const detail::BackwardProblem& p = params.p;
-  const std::int64_t items = std::int64_t(p.seqlen_q) * p.heads_q * per_row;
+  const std::int64_t items = std::int64_t(rows) * p.heads_q * per_row;
   const dim3 grid(unsigned((items + kPrepThreads - 1) / kPrepThreads), unsigned(p.batch));
   (p.dtype == DType::f16 ? f16 : bf16)<<<grid, kPrepThreads, 0, stream>>>(params);
   check_cuda(cudaGetLastError(), name);
@@ -82,11 +95,11 @@ void launch_prep(const BwdParams& params, int per_row, PrepKernel f16, PrepKerne
 }  // namespace
 
 void launch_bwd_dot_do_o(const BwdParams& params, cudaStream_t stream) {
-  launch_prep(params, 32, dot_do_o_kernel<__half>, dot_do_o_kernel<__nv_bfloat16>, "launch of dot_do_o_kernel", stream);
+  launch_prep(params, params.seqlen_q_pad, 32, dot_do_o_kernel<__half>, dot_do_o_kernel<__nv_bfloat16>, "launch of dot_do_o_kernel", stream);
 }
 
 void launch_bwd_convert_dq(const BwdParams& params, cudaStream_t stream) {
-  launch_prep(params, params.p.head_dim / 8, convert_dq_kernel<__half>, convert_dq_kernel<__nv_bfloat16>,
+  launch_prep(params, params.p.seqlen_q, params.p.head_dim / 8, convert_dq_kernel<__half>, convert_dq_kernel<__nv_bfloat16>,
               "launch of convert_dq_kernel", stream);
 }
 

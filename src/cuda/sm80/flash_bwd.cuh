@@ -138,6 +138,7 @@ struct BwdTraits {
   static constexpr int kDqCols = D / (kBwdWarps / kRowGroups);
   static_assert(kDqCols % 16 == 0, "dQ columns per warp are whole 16-column mma tiles");
   static_assert(kBlockM / 2 <= 32, "one mask bit per score fits a 32-bit word");
+  static_assert(kBwdRowPad % kBlockM == 0, "query tiles never straddle the padded rows");
   static constexpr int kStride = D + 8;         // sK, sQ rows
   static constexpr int kVStride = Dv + 8;       // sV, sdO rows
   static constexpr int kSStride = kBlockM + 8;  // sdS rows
@@ -154,7 +155,6 @@ template <class T, int D, int Dv>
 __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_constant__ BwdParams params) {
   using Tr = BwdTraits<T, D, Dv>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, S = Tr::kStride, SV = Tr::kVStride, SS = Tr::kSStride;
-  constexpr float kPosInf = INFINITY;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
@@ -210,13 +210,13 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     load_rows_async<T, BM, Dv>(sdO + stage * Tr::kSmemO, SV, dout, [&](int r) -> const T* {
       return m0 + r < Sq ? dout + row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
     });
-    // lse = -inf (a fully masked row) and padding rows become +inf, so exp2(s - lse) = 0.
-    for (int r = int(threadIdx.x); r < BM; r += kBwdThreads) {
-      const int i = m0 + r;
-      const float lse = i < Sq ? p.lse[row_offset(p.lse_layout, b, i, h)] : -kPosInf;
-      sLse[stage * BM + r] = lse == -kPosInf ? kPosInf : lse * kLog2e;
-      sDsum[stage * BM + r] = i < Sq ? params.dsum[(std::int64_t(b) * Hq + h) * p.seqlen_q + i] : 0.0f;
-    }
+    // lse_log2 and D_i of the tile's rows, 4 per cp.async (the rows are padded to whole tiles):
+    // plain loads would stall their warps for a global round trip in the middle of the tile.
+    const std::int64_t row0 = (std::int64_t(b) * Hq + h) * params.seqlen_q_pad + m0;
+    const int t = int(threadIdx.x);
+    static_assert(2 * BM / 4 <= kBwdThreads, "one cp.async per thread covers both");
+    if (t < BM / 4) cp_async_16(sLse + stage * BM + 4 * t, params.lse_log2 + row0 + 4 * t, true);
+    else if (t < BM / 2) cp_async_16(sDsum + stage * BM + 4 * (t - BM / 4), params.dsum + row0 + 4 * (t - BM / 4), true);
   };
 
   float dk[Tr::kDkCols / 8][4] = {};
