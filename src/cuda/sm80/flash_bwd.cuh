@@ -69,6 +69,7 @@ __device__ __forceinline__ bool bwd_visits(const detail::MaskEval& me, int m, in
   const int i0 = m * BM, i1 = min(me.seqlen_q, i0 + BM);
   const int j0 = nb * BN, j1 = min(me.seqlen_k, j0 + BN);
   if (i0 >= i1 || j0 >= j1) return false;
+  if (me.m->is_full()) return true;  // the common case, without the mask arithmetic
   int lo, hi;
   query_range(me, j0, j1, lo, hi);
   if (i1 <= lo || i0 >= hi) return false;
@@ -192,11 +193,14 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   cp_async_commit();
 
   // The walk: tiles x = g * mt + (m - m_lo) for group head g, query tile m in [m_lo, m_hi).
+  // With atomics each key block starts at a different tile (rotated by nb), so the CTAs of a
+  // head do not all add into the same dQ rows at once; the deterministic order keeps m ascending.
   int r_lo, r_hi;
   query_range(detail::MaskEval{&p.mask, Sq, Sk, 0}, n0, n1, r_lo, r_hi);
   const int m_lo = r_lo / BM, m_hi = (r_hi + BM - 1) / BM, mt = m_hi - m_lo, total = G * mt;
   auto head_of = [&](int x) { return hk * G + x / mt; };
-  auto tile_of = [&](int x) { return m_lo + x % mt; };
+  const int rotate = p.deterministic ? 0 : nb;
+  auto tile_of = [&](int x) { return m_lo + (x % mt + rotate) % mt; };
   auto eval_of = [&](int h) { return detail::MaskEval{&p.mask, Sq, Sk, h}; };
   auto next_tile = [&](int x) {
     while (x < total && !bwd_visits<BM, BN>(eval_of(head_of(x)), tile_of(x), nb)) ++x;
@@ -252,7 +256,8 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     // query column idx / 4 * 8 + lane % 4 * 2 + idx % 2.
     const int key_row = n0 + kg * 16 + lane / 4;
     std::uint32_t keep = ~0u;
-    if (m0 + BM > Sq || n0 + BN > Sk || me.classify(m0, min(Sq, m0 + BM), n0, n1) == detail::TileKind::partial) {
+    if (m0 + BM > Sq || n0 + BN > Sk ||
+        (!p.mask.is_full() && me.classify(m0, min(Sq, m0 + BM), n0, n1) == detail::TileKind::partial)) {
       // One rolled copy of the predicate fills a bit per element (see the forward).
       keep = 0;
 #pragma unroll 1
