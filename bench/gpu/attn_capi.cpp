@@ -115,3 +115,63 @@ int attn_cuda_forward(const AttnFwdDesc* d, void* workspace, std::size_t workspa
 }
 
 }  // extern "C"
+
+// The backward, for bench/gpu_bench_backward.py: the forward's description (lse required)
+// plus dout and the gradients, all contiguous like their forward counterparts.
+extern "C" {
+
+struct AttnBwdDesc {
+  AttnFwdDesc fwd;
+  const void* dout;  ///< (B, Sq, Hq, Dv)
+  void* dq;          ///< (B, Sq, Hq, D)
+  void* dk;          ///< (B, Sk, Hk, D)
+  void* dv;          ///< (B, Sk, Hk, Dv)
+  int deterministic;
+};
+
+}  // extern "C"
+
+namespace {
+
+attn::detail::BackwardProblem backward_problem_of(const AttnBwdDesc& d) {
+  ATTN_CHECK(d.fwd.lse != nullptr, "lse: required by the backward");
+  ATTN_CHECK(d.fwd.block_table == nullptr, "block_table: the backward takes contiguous K and V");
+  attn::detail::BackwardProblem p;
+  static_cast<attn::detail::AttentionProblem&>(p) = problem_of(d.fwd);
+  p.dout = d.dout;
+  p.dout_layout = p.out_layout;
+  p.dq = d.dq;
+  p.dq_layout = p.q_layout;
+  p.dk = d.dk;
+  p.dk_layout = p.k_layout;
+  p.dv = d.dv;
+  p.dv_layout = p.v_layout;
+  p.deterministic = d.deterministic != 0;
+  return p;
+}
+
+}  // namespace
+
+extern "C" {
+
+/// Workspace bytes, or SIZE_MAX on error.
+std::size_t attn_cuda_backward_workspace_size(const AttnBwdDesc* d) {
+  try {
+    return attn::cuda::backward_workspace_size(backward_problem_of(*d));
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return SIZE_MAX;
+  }
+}
+
+int attn_cuda_backward(const AttnBwdDesc* d, void* workspace, std::size_t workspace_bytes) {
+  try {
+    attn::cuda::backward(backward_problem_of(*d), attn::Workspace{workspace, workspace_bytes});
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+}  // extern "C"

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cuda/backward.hpp"
 #include "cuda/check.hpp"
 #include "cuda/fwd_params.hpp"
 
@@ -139,10 +140,8 @@ void forward(const AttentionProblem& p, Workspace ws) {
   if (f.n_splits > 1) launch_fwd_combine(f, stream);
 }
 
-std::size_t backward_workspace_size(const detail::BackwardProblem&) { return 0; }
+std::size_t backward_workspace_size(const detail::BackwardProblem& p) { return flash_backward_workspace_size(p); }
 
-void backward(const detail::BackwardProblem&, Workspace) {
-  detail::fail("backward: the cuda backend has no backward yet (use the cpu backend)");
-}
+void backward(const detail::BackwardProblem& p, Workspace ws) { flash_backward(p, ws); }
 
 }  // namespace attn::cuda

@@ -1,0 +1,121 @@
+// Planning and dispatch of the CUDA backward: checks what the kernels assume (dtype, 16-byte
+// rows, head dims, grid limits), carves the workspace, and runs the three kernels.
+#include "cuda/backward.hpp"
+
+#include <cstdint>
+
+#include "cuda/bwd_params.hpp"
+#include "cuda/check.hpp"
+
+namespace attn::cuda {
+namespace {
+
+using detail::BackwardProblem;
+using detail::TokenLayout;
+
+constexpr std::size_t kAlign = 256;
+constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+constexpr float kLog2e = 1.4426950408889634f;
+
+void check_rows(const char* name, const void* data, const TokenLayout& l) {
+  const bool ok = reinterpret_cast<std::uintptr_t>(data) % 16 == 0 && l.token_stride % 8 == 0 &&
+                  l.head_stride % 8 == 0 && l.batch_stride % 8 == 0;
+  ATTN_CHECK(ok, name,
+             ": the cuda backend expects 16-byte aligned rows (data pointer aligned to 16 bytes, batch/token/head "
+             "strides multiples of 8 elements), got strides ",
+             l.batch_stride, "/", l.token_stride, "/", l.head_stride);
+}
+
+/// Calls fn.template operator()<D, Dv>() for the compiled head-dim pairs.
+template <class Fn>
+void with_head_dims(int d, int dv, Fn&& fn) {
+  if (d == 64 && dv == 64) return fn.template operator()<64, 64>();
+  if (d == 96 && dv == 96) return fn.template operator()<96, 96>();
+  if (d == 128 && dv == 128) return fn.template operator()<128, 128>();
+  if (d == 192 && dv == 192) return fn.template operator()<192, 192>();
+  if (d == 192 && dv == 128) return fn.template operator()<192, 128>();
+  if (d == 256 && dv == 256) return fn.template operator()<256, 256>();
+  detail::fail("head_dim: the cuda backward has no kernel for head_dim ", d, " / head_dim_v ", dv);
+}
+
+struct Plan {
+  BwdParams params;
+  std::size_t dq_bytes = 0, row_bytes = 0, counter_bytes = 0;  // row_bytes: lse_log2 and dsum each
+  std::size_t total() const { return dq_bytes + 2 * row_bytes + counter_bytes; }
+};
+
+Plan plan_backward(const BackwardProblem& p) {
+  ATTN_CHECK(p.dtype == DType::f16 || p.dtype == DType::bf16,
+             "q: the cuda backend runs f16 and bf16 (f32 accumulation); got ", dtype_name(p.dtype),
+             " (convert the inputs to bf16 or f16, or use the cpu backend)");
+  with_head_dims(p.head_dim, p.head_dim_v, []<int, int>() {});  // throws, naming them, when not compiled
+  ATTN_CHECK(p.seqlens_k == nullptr && p.k_layout.block_table == nullptr,
+             "k: the cuda backward takes padded or packed keys, not a cache");
+  check_rows("q", p.q, p.q_layout);
+  check_rows("k", p.k, p.k_layout);
+  check_rows("v", p.v, p.v_layout);
+  check_rows("out", p.out, p.out_layout);
+  check_rows("dout", p.dout, p.dout_layout);
+  check_rows("dq", p.dq, p.dq_layout);
+  check_rows("dk", p.dk, p.dk_layout);
+  check_rows("dv", p.dv, p.dv_layout);
+  ATTN_CHECK(p.batch <= 65535, "q: the cuda backend supports batch <= 65535, got ", p.batch);
+  ATTN_CHECK(p.heads_kv <= 65535, "k: the cuda backend supports at most 65535 kv heads, got ", p.heads_kv);
+
+  Plan plan;
+  BwdParams& f = plan.params;
+  f.p = p;
+  const BwdTile tile = bwd_tile(p.head_dim);
+  f.m_tiles = (p.seqlen_q + tile.block_m - 1) / tile.block_m;
+  f.n_blocks = (p.seqlen_k + tile.block_n - 1) / tile.block_n;
+  f.scale_log2 = p.scale * kLog2e;
+  f.softcap_log2 = p.softcap * kLog2e;
+  const std::size_t rows = std::size_t(p.batch) * std::size_t(p.seqlen_q) * std::size_t(p.heads_q);
+  plan.dq_bytes = align_up(rows * std::size_t(p.head_dim) * sizeof(float));
+  f.seqlen_q_pad = (p.seqlen_q + kBwdRowPad - 1) / kBwdRowPad * kBwdRowPad;
+  plan.row_bytes =
+      align_up(std::size_t(p.batch) * std::size_t(p.heads_q) * std::size_t(f.seqlen_q_pad) * sizeof(float));
+  if (p.deterministic)
+    plan.counter_bytes = align_up(std::size_t(p.batch) * std::size_t(p.heads_q) * std::size_t(f.m_tiles) * sizeof(int));
+  return plan;
+}
+
+}  // namespace
+
+std::size_t flash_backward_workspace_size(const BackwardProblem& p) {
+  if (p.batch == 0 || p.seqlen_q == 0) return 0;
+  return plan_backward(p).total();
+}
+
+void flash_backward(const BackwardProblem& p, Workspace ws) {
+  // Planned before the empty-problem exit so a bad dtype is an error even with nothing to do.
+  Plan plan = plan_backward(p);
+  if (p.batch == 0) return;
+  constexpr cudaStream_t stream = nullptr;  // the default stream
+  BwdParams& f = plan.params;
+  if (p.seqlen_q > 0) {
+    ATTN_CHECK(ws.data != nullptr && ws.bytes >= plan.total(), "workspace: expected at least ", plan.total(),
+               " bytes, got ", ws.bytes);
+    char* base = static_cast<char*>(ws.data);
+    f.dq_accum = reinterpret_cast<float*>(base);
+    f.lse_log2 = reinterpret_cast<float*>(base + plan.dq_bytes);
+    f.dsum = reinterpret_cast<float*>(base + plan.dq_bytes + plan.row_bytes);
+    if (p.deterministic) f.counters = reinterpret_cast<int*>(base + plan.dq_bytes + 2 * plan.row_bytes);
+    // The accumulator and the counters start at 0; the prep kernel writes every row of the others.
+    ATTN_CUDA_CHECK(cudaMemsetAsync(f.dq_accum, 0, plan.dq_bytes, stream));
+    if (p.deterministic) ATTN_CUDA_CHECK(cudaMemsetAsync(f.counters, 0, plan.counter_bytes, stream));
+    launch_bwd_dot_do_o(f, stream);
+  }
+  if (f.n_blocks > 0) {
+    with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
+      if (p.dtype == DType::f16) {
+        launch_flash_bwd<DType::f16, D, Dv>(f, stream);
+      } else {
+        launch_flash_bwd<DType::bf16, D, Dv>(f, stream);
+      }
+    });
+  }
+  if (p.seqlen_q > 0) launch_bwd_convert_dq(f, stream);
+}
+
+}  // namespace attn::cuda

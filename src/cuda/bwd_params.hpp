@@ -1,0 +1,69 @@
+// What the backward kernels receive: the validated problem plus the workspace carve-up.
+// Shared by the host planner (backward.cpp) and the kernels (sm80/flash_bwd*.cu, bwd_prep.cu).
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+#include "problem.hpp"
+
+namespace attn::cuda {
+
+/// Tile shape of the sm80 backward for a head_dim. Each CTA owns `block_n` keys of one kv head
+/// and walks query tiles of `block_m` rows. Its warps form key groups of 16 keys; the
+/// `dim_split` warps of a group share those keys and split the head dims of dK and dV, so the
+/// accumulators of one warp stay D / 2 / dim_split + Dv / 2 / dim_split registers.
+struct BwdTile {
+  int block_m;  ///< query rows per step
+  int block_n;  ///< keys per CTA, 16 per key group
+  int warps;
+  int dim_split;  ///< warps per key group
+};
+inline constexpr int kBwdWarps = 8;
+inline constexpr int kBwdThreads = 32 * kBwdWarps;
+
+ATTN_HD constexpr BwdTile bwd_tile(int head_dim) {
+  // Up to 128: dK + dV of 16 keys (D registers) and S^T, dP^T of a 64-query step (64) fit 255
+  // registers; 128 keys per CTA halve the dQ atomics and Q / dO loads per key against 64.
+  // Beyond: two warps per 16 keys (each recomputes S^T and dP^T, 1.4x the mma work) and
+  // 32-query steps keep the registers, and shared memory under A100's 164 KB.
+  return head_dim <= 128 ? BwdTile{64, 128, kBwdWarps, 1} : BwdTile{32, 64, kBwdWarps, 2};
+}
+
+/// Rows of lse_log2 and dsum per (batch, head): seqlen_q rounded up to whole query tiles, so the
+/// main kernel copies a tile's values with 16-byte cp.async and no bounds.
+inline constexpr int kBwdRowPad = 64;
+
+/// Launch plan and problem for one backward call. Workspace (f32 unless said), Sq = seqlen_q
+/// (the maximum for packed batches), Sp = Sq rounded up to kBwdRowPad, rows indexed by
+/// (batch, query) even when packed:
+///   dq_accum  (B, Sq, Hq, D)     scale-free dQ sums; atomics, or ordered adds when deterministic
+///   lse_log2  (B, Hq, Sp)        lse * log2(e); +inf for fully masked and padding rows, so that
+///                                exp2(s - lse_log2) is 0 there
+///   dsum      (B, Hq, Sp)        D_i = rowsum(dO_i * O_i); 0 in padding rows
+///   counters  i32 (B, Hq, m_tiles)  deterministic only: how many key blocks have added into
+///                                    each query tile, so they add in key-block order
+struct BwdParams {
+  detail::BackwardProblem p;
+  int m_tiles = 0;  ///< query tiles per (batch, head) at the padded length
+  int n_blocks = 0;  ///< key blocks per (batch, kv head)
+  float scale_log2 = 0;    ///< scale * log2(e)
+  float softcap_log2 = 0;  ///< softcap * log2(e)
+  int seqlen_q_pad = 0;  ///< Sp
+  float* dq_accum = nullptr;
+  float* lse_log2 = nullptr;
+  float* dsum = nullptr;
+  int* counters = nullptr;
+};
+
+/// One explicit instantiation per (dtype, head_dim, head_dim_v), in src/cuda/sm80/flash_bwd_*.cu.
+template <DType dtype, int D, int Dv>
+void launch_flash_bwd(const BwdParams& params, cudaStream_t stream);
+
+/// lse_log2 and D_i = rowsum(dO_i * O_i) into dsum (src/cuda/bwd_prep.cu).
+void launch_bwd_dot_do_o(const BwdParams& params, cudaStream_t stream);
+/// dq = scale * dq_accum in the storage dtype (src/cuda/bwd_prep.cu).
+void launch_bwd_convert_dq(const BwdParams& params, cudaStream_t stream);
+
+}  // namespace attn::cuda

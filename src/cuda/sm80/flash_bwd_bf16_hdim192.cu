@@ -1,0 +1,4 @@
+// Backward kernel for bf16, head_dim 192, head_dim_v 192: one file per variant so builds run in parallel.
+#include "cuda/sm80/flash_bwd.cuh"
+
+ATTN_INSTANTIATE_FLASH_BWD(bf16, __nv_bfloat16, 192, 192)

@@ -1,0 +1,459 @@
+#include "cuda/backward_check.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <tuple>
+
+namespace attn::test::cuda {
+namespace {
+
+using Shape = std::vector<std::int64_t>;
+
+Tensor host_tensor(const Shape& shape, DType dtype) { return Tensor(std::span<const std::int64_t>(shape), dtype); }
+
+Tensor host_randn(const Shape& shape, DType dtype, double sigma, std::mt19937_64& gen) {
+  Tensor t = host_tensor(shape, dtype);
+  std::normal_distribution<double> nd(0.0, sigma);
+  for (std::int64_t i = 0; i < t.numel(); ++i) write_element(t.view(), i, nd(gen));
+  return t;
+}
+
+Tensor host_i32(const std::vector<int>& values) {
+  Tensor t = host_tensor({std::int64_t(values.size())}, DType::i32);
+  std::copy(values.begin(), values.end(), t.as<std::int32_t>());
+  return t;
+}
+
+Tensor to_device(const Tensor& h) {
+  Tensor d(std::span<const std::int64_t>(h.view().shape.data(), std::size_t(h.view().ndim)), h.dtype(), Device::cuda());
+  copy(d, h);
+  return d;
+}
+
+Tensor to_host(const Tensor& d) {
+  Tensor h(std::span<const std::int64_t>(d.view().shape.data(), std::size_t(d.view().ndim)), d.dtype());
+  copy(h, d);
+  return h;
+}
+
+/// A device tensor full of NaN, so that any element the kernel fails to write is caught.
+Tensor poisoned_device(const Shape& shape, DType dtype) {
+  Tensor h = host_tensor(shape, dtype);
+  for (std::int64_t i = 0; i < h.numel(); ++i) write_element(h.view(), i, std::numeric_limits<double>::quiet_NaN());
+  return to_device(h);
+}
+
+/// Unit roundoff of the storage type as the forward checks count it (one rounding's bound x 2).
+double unit_roundoff(DType t) { return t == DType::bf16 ? 1.0 / 256 : 1.0 / 2048; }
+
+std::string sci(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3e", x);
+  return buf;
+}
+
+/// Compares one gradient (rows of `dim` elements) with the float64 reference: every element
+/// within 6u of its value plus the tensor's rms plus its `slack` (catches NaN, unwritten and
+/// misplaced values), every row within 6u of its norm plus u of the rms row norm plus the norm
+/// of its slack, the tensor within 3u in relative l2: the rounding of P and dS to the storage
+/// dtype and of the result, with room for the f32 sums. Rows flagged in `zero_rows` (fully
+/// masked queries) must be exactly 0.
+///
+/// `slack` (per element, or empty) is what the rounding of `out` to the storage dtype moves the
+/// exact gradient: every FlashAttention backward computes D_i = dO_i . O_i from the stored O, and
+/// where P is nearly one-hot dS = P (dP - D) cancels down to that error (and to the f32
+/// rounding of D and dP where it cancels exactly).
+void compare(const char* name, const Tensor& got, const Tensor& ref, int dim, double u,
+             const std::vector<double>& slack, const std::vector<char>& zero_rows, std::ostringstream& why,
+             int& failures, std::ostringstream& summary) {
+  auto fail = [&](const std::string& what) {
+    if (failures++ < 6) why << name << " " << what << "; ";
+  };
+  const std::int64_t n = ref.numel(), rows = n / dim;
+  double ref2 = 0, err2 = 0;
+  for (std::int64_t i = 0; i < n; ++i) ref2 += read_element(ref, i) * read_element(ref, i);
+  const double rms = std::sqrt(ref2 / double(std::max<std::int64_t>(n, 1)));
+  const double rms_row = rms * std::sqrt(double(dim));
+  double worst_row = 0;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double row_err2 = 0, row_ref2 = 0, row_slack2 = 0;
+    const bool zero = !zero_rows.empty() && zero_rows[std::size_t(r)] != 0;
+    for (int e = 0; e < dim; ++e) {
+      const std::int64_t i = r * dim + e;
+      const double g = read_element(got, i), x = read_element(ref, i);
+      const double sl = slack.empty() ? 0.0 : slack[std::size_t(i)];
+      if (zero ? g != 0.0 : !(std::abs(g - x) <= 6 * u * (std::abs(x) + rms) + sl))
+        fail("[" + std::to_string(r) + "][" + std::to_string(e) + "] = " + sci(g) + ", expected " + sci(x) +
+             (zero ? " (fully masked row)" : " +- " + sci(6 * u * (std::abs(x) + rms) + sl)));
+      row_err2 += (g - x) * (g - x);
+      row_ref2 += x * x;
+      row_slack2 += sl * sl;
+    }
+    err2 += row_err2;
+    const double row_err = std::sqrt(row_err2), row_norm = std::sqrt(row_ref2);
+    const double row_tol = 6 * u * row_norm + u * rms_row + std::sqrt(row_slack2);
+    worst_row = std::max(worst_row, row_err / (row_tol + 1e-30));
+    if (!(row_err <= row_tol))
+      fail("row " + std::to_string(r) + " error " + sci(row_err) + " > " + sci(row_tol) + " (norm " + sci(row_norm) + ")");
+  }
+  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  if (!(rel <= 3 * u)) fail("relative l2 error " + sci(rel) + " > " + sci(3 * u));
+  summary << name << " rel_l2 " << sci(rel) << " row_err/tol " << sci(worst_row) << "; ";
+}
+
+double max_abs(const TensorView& t) {
+  double m = 0;
+  for (std::int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(read_element(t, i)));
+  return m;
+}
+
+std::vector<int> offsets_of(const std::vector<int>& lens) {
+  std::vector<int> cu(lens.size() + 1, 0);
+  std::partial_sum(lens.begin(), lens.end(), cu.begin() + 1);
+  return cu;
+}
+
+}  // namespace
+
+BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwise) {
+  std::mt19937_64 gen(seed);
+  const bool varlen = !c.lens_q.empty();
+  const int B = varlen ? int(c.lens_q.size()) : c.batch;
+  const int Hq = c.heads_q, Hk = c.heads_kv, D = c.head_dim, Dv = c.head_dim_v > 0 ? c.head_dim_v : D;
+  const std::vector<int> lq = varlen ? c.lens_q : std::vector<int>(std::size_t(B), c.seqlen_q);
+  const std::vector<int> lk = varlen ? c.lens_k : std::vector<int>(std::size_t(B), c.seqlen_k);
+  const std::vector<int> cu_q = offsets_of(lq), cu_k = offsets_of(lk);
+  const int max_sq = *std::max_element(lq.begin(), lq.end()), max_sk = *std::max_element(lk.begin(), lk.end());
+  const std::int64_t Tq = cu_q.back(), Tk = cu_k.back();
+  const Shape q_shape = varlen ? Shape{Tq, Hq, D} : Shape{B, c.seqlen_q, Hq, D};
+  const Shape k_shape = varlen ? Shape{Tk, Hk, D} : Shape{B, c.seqlen_k, Hk, D};
+  const Shape o_shape = varlen ? Shape{Tq, Hq, Dv} : Shape{B, c.seqlen_q, Hq, Dv};
+  const Shape v_shape = varlen ? Shape{Tk, Hk, Dv} : Shape{B, c.seqlen_k, Hk, Dv};
+  const Shape lse_shape = varlen ? Shape{Hq, Tq} : Shape{B, Hq, c.seqlen_q};
+
+  const Tensor q_h = host_randn(q_shape, c.dtype, c.sigma, gen), k_h = host_randn(k_shape, c.dtype, c.sigma, gen);
+  const Tensor v_h = host_randn(v_shape, c.dtype, 1.0, gen), dout_h = host_randn(o_shape, c.dtype, 1.0, gen);
+
+  // Mask parts that need tensors: a random block layout (block row 0 of head 0 empty, so some
+  // rows are fully masked) and global tokens.
+  Mask mask_h;
+  mask_h.causal = c.causal;
+  mask_h.window_left = c.window_left;
+  mask_h.window_right = c.window_right;
+  mask_h.dilation = c.dilation;
+  mask_h.strided = c.strided;
+  mask_h.fixed_stride = c.fixed_stride;
+  mask_h.fixed_summary = c.fixed_summary;
+  Tensor layout_h, globals_h, layout_d, globals_d;
+  if (c.block_q > 0) {
+    const std::int64_t nbq = (max_sq + c.block_q - 1) / c.block_q, nbk = (max_sk + c.block_k - 1) / c.block_k;
+    layout_h = c.per_head_layout ? host_tensor({Hq, nbq, nbk}, DType::u8) : host_tensor({nbq, nbk}, DType::u8);
+    std::bernoulli_distribution bit(0.6);
+    for (std::int64_t i = 0; i < layout_h.numel(); ++i) layout_h.as<std::uint8_t>()[i] = bit(gen) ? 1 : 0;
+    for (std::int64_t j = 0; j < nbk; ++j) layout_h.as<std::uint8_t>()[j] = 0;
+    layout_d = to_device(layout_h);
+    mask_h.block_layout = layout_h;
+    mask_h.block_q = c.block_q;
+    mask_h.block_k = c.block_k;
+  }
+  if (!c.global_tokens.empty()) {
+    globals_h = host_i32(c.global_tokens);
+    globals_d = to_device(globals_h);
+    mask_h.global_tokens = globals_h;
+  }
+  Mask mask_d = mask_h;
+  if (layout_d.defined()) mask_d.block_layout = layout_d;
+  if (globals_d.defined()) mask_d.global_tokens = globals_d;
+  AttentionParams params;
+  params.scale = c.scale;
+  params.softcap = c.softcap;
+
+  // Reference forward (out rounded to the storage dtype, lse f32) and backward (f64 gradients).
+  Tensor cu_q_h = host_i32(cu_q), cu_k_h = host_i32(cu_k);
+  Tensor out_h = host_tensor(o_shape, c.dtype), lse_h = host_tensor(lse_shape, DType::f32);
+  Tensor dq_ref = host_tensor(q_shape, DType::f64), dk_ref = host_tensor(k_shape, DType::f64),
+         dv_ref = host_tensor(v_shape, DType::f64);
+  {
+    ForwardArgs f;
+    f.q = q_h;
+    f.k = k_h;
+    f.v = v_h;
+    f.out = out_h;
+    f.lse = lse_h;
+    if (varlen) {
+      f.cu_seqlens_q = cu_q_h;
+      f.cu_seqlens_k = cu_k_h;
+    }
+    f.params = params;
+    f.params.mask = mask_h;
+    attention_forward(f, Backend::reference);
+    BackwardArgs r;
+    r.q = q_h;
+    r.k = k_h;
+    r.v = v_h;
+    r.out = out_h;
+    r.dout = dout_h;
+    r.lse = lse_h;
+    r.dq = dq_ref;
+    r.dk = dk_ref;
+    r.dv = dv_ref;
+    r.cu_seqlens_q = f.cu_seqlens_q;
+    r.cu_seqlens_k = f.cu_seqlens_k;
+    r.params = f.params;
+    attention_backward(r, Backend::reference);
+  }
+
+  // The slack of compare(): dD_i = dO_i . (O_stored - O_exact) shifts dS_ij by -P_ij dD_i
+  // (times the soft-cap factor, at most 1), so dq_i by at most scale |dD_i| max|k| and dk_j by
+  // at most scale max|q| sum_i P_ij |dD_i|, which one more reference backward computes as dv
+  // with dout_i = |dD_i| in every column.
+  const double scale = c.scale > 0 ? c.scale : 1.0 / std::sqrt(double(D));
+  std::vector<double> dq_slack(std::size_t(dq_ref.numel())), dk_slack(std::size_t(dk_ref.numel()));
+  std::vector<char> masked_rows(std::size_t(dq_ref.numel() / D));
+  {
+    Tensor out_exact = host_tensor(o_shape, DType::f64), lse_exact = host_tensor(lse_shape, DType::f64);
+    ForwardArgs f;
+    f.q = q_h;
+    f.k = k_h;
+    f.v = v_h;
+    f.out = out_exact;
+    f.lse = lse_exact;
+    if (varlen) {
+      f.cu_seqlens_q = cu_q_h;
+      f.cu_seqlens_k = cu_k_h;
+    }
+    f.params = params;
+    f.params.mask = mask_h;
+    attention_forward(f, Backend::reference);
+    Tensor dd = host_tensor(o_shape, DType::f64);
+    const double kmax = max_abs(k_h.view()), qmax = max_abs(q_h.view()), vmax = max_abs(v_h.view());
+    const std::int64_t rows = out_exact.numel() / Dv;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      double delta = 0, magnitude = 0;
+      for (int e = 0; e < Dv; ++e) {
+        const std::int64_t i = r * Dv + e;
+        const double o = read_element(out_h, i), g = read_element(dout_h, i);
+        delta += g * (o - read_element(out_exact, i));
+        magnitude += std::abs(g) * (std::abs(o) + vmax);
+      }
+      // Plus the f32 rounding of the dot products D_i and dP_ij themselves (a few units in the
+      // last place of their terms' magnitudes): exact cancellation, as with a single allowed
+      // key, leaves that instead of 0.
+      delta = std::abs(delta) + 8 * std::ldexp(magnitude, -24);
+      for (int e = 0; e < Dv; ++e) write_element(dd.view(), r * Dv + e, std::abs(delta));
+      for (int e = 0; e < D; ++e) dq_slack[std::size_t(r * D + e)] = 2 * scale * std::abs(delta) * kmax;
+      // Row r is (token, head); the lse is (B, Hq, Sq) padded or (Hq, Tq) packed.
+      const std::int64_t h = r % Hq, t = r / Hq;
+      const std::int64_t lse_index = varlen ? h * Tq + t : (t / c.seqlen_q * Hq + h) * c.seqlen_q + t % c.seqlen_q;
+      masked_rows[std::size_t(r)] = std::isinf(read_element(lse_exact, lse_index)) ? 1 : 0;
+    }
+    Tensor dq_w = host_tensor(q_shape, DType::f64), dk_w = host_tensor(k_shape, DType::f64),
+           dv_w = host_tensor(v_shape, DType::f64);
+    BackwardArgs r;
+    r.q = q_h;
+    r.k = k_h;
+    r.v = v_h;
+    r.out = out_exact;
+    r.dout = dd;
+    r.lse = lse_exact;
+    r.dq = dq_w;
+    r.dk = dk_w;
+    r.dv = dv_w;
+    r.cu_seqlens_q = f.cu_seqlens_q;
+    r.cu_seqlens_k = f.cu_seqlens_k;
+    r.params = f.params;
+    attention_backward(r, Backend::reference);
+    for (std::int64_t j = 0; j < dk_w.numel() / D; ++j)
+      for (int e = 0; e < D; ++e)
+        dk_slack[std::size_t(j * D + e)] = 2 * scale * qmax * read_element(dv_w, j * Dv);
+  }
+
+  Tensor q_d = to_device(q_h), k_d = to_device(k_h), v_d = to_device(v_h), out_d = to_device(out_h),
+         dout_d = to_device(dout_h), lse_d = to_device(lse_h), cu_q_d, cu_k_d;
+  BackwardArgs a;
+  a.q = q_d;
+  a.k = k_d;
+  a.v = v_d;
+  a.out = out_d;
+  a.dout = dout_d;
+  a.lse = lse_d;
+  if (varlen) {
+    cu_q_d = to_device(cu_q_h);
+    cu_k_d = to_device(cu_k_h);
+    a.cu_seqlens_q = cu_q_d;
+    a.cu_seqlens_k = cu_k_d;
+  }
+  a.params = params;
+  a.params.mask = mask_d;
+  a.deterministic = c.deterministic;
+  auto run = [&](Tensor& dq, Tensor& dk, Tensor& dv) {
+    Tensor dq_d = poisoned_device(q_shape, c.dtype), dk_d = poisoned_device(k_shape, c.dtype),
+           dv_d = poisoned_device(v_shape, c.dtype);
+    a.dq = dq_d;
+    a.dk = dk_d;
+    a.dv = dv_d;
+    attention_backward(a, Backend::cuda);
+    dq = to_host(dq_d);  // synchronises; reports kernel faults
+    dk = to_host(dk_d);
+    dv = to_host(dv_d);
+  };
+  Tensor dq, dk, dv;
+  run(dq, dk, dv);
+
+  const double u = unit_roundoff(c.dtype);
+  std::ostringstream why, summary;
+  int failures = 0;
+  compare("dq", dq, dq_ref, D, u, dq_slack, masked_rows, why, failures, summary);
+  compare("dk", dk, dk_ref, D, u, dk_slack, {}, why, failures, summary);
+  compare("dv", dv, dv_ref, Dv, u, {}, {}, why, failures, summary);
+  if (repeat_bitwise) {
+    Tensor dq2, dk2, dv2;
+    run(dq2, dk2, dv2);
+    for (auto [name, x, y] : {std::tuple{"dq", &dq, &dq2}, std::tuple{"dk", &dk, &dk2}, std::tuple{"dv", &dv, &dv2}}) {
+      const std::size_t bytes = std::size_t(x->numel()) * dtype_size(c.dtype);
+      if (std::memcmp(x->data(), y->data(), bytes) != 0) {
+        ++failures;
+        why << name << " differs bitwise between two deterministic runs; ";
+      }
+    }
+  }
+  if (failures > 0) summary << failures << " failures: " << why.str();
+  return {failures == 0, summary.str()};
+}
+
+std::vector<BwdCase> backward_cases() {
+  std::vector<BwdCase> cs;
+  auto add = [&](BwdCase c) { cs.push_back(std::move(c)); };
+
+  // Every compiled (dtype, head dim) with GQA 2 and lengths that are not tile multiples.
+  for (DType dt : {DType::bf16, DType::f16})
+    for (auto [d, dv] : {std::pair{64, 64}, {96, 96}, {128, 128}, {192, 192}, {192, 128}, {256, 256}}) {
+      BwdCase c;
+      c.name = std::string("basic_") + dtype_name(dt) + "_d" + std::to_string(d) + (d != dv ? "x" + std::to_string(dv) : "");
+      c.dtype = dt;
+      c.head_dim = d;
+      c.head_dim_v = dv;
+      c.seqlen_q = 137;
+      c.seqlen_k = 137;
+      c.heads_kv = 2;
+      c.small = d == 64 || d == 256 || d != dv;
+      add(c);
+      c.name += "_causal";
+      c.causal = true;
+      c.seqlen_k = 201;
+      c.small = false;
+      add(c);
+    }
+
+  // Masks, one part at a time and some combinations.
+  BwdCase m;
+  m.heads_q = 2;
+  m.heads_kv = 2;
+  m.seqlen_q = 200;
+  m.seqlen_k = 200;
+  m.head_dim = 64;
+  auto mask_case = [&](const std::string& name, auto&& set) {
+    BwdCase c = m;
+    c.name = name;
+    set(c);
+    add(c);
+  };
+  mask_case("causal_d128_f16", [](BwdCase& c) { c.causal = true; c.dtype = DType::f16; c.head_dim = 128; });
+  mask_case("causal_sq_gt_sk_d192x128", [](BwdCase& c) { c.causal = true; c.seqlen_q = 250; c.seqlen_k = 100; c.head_dim = 192; c.head_dim_v = 128; });
+  mask_case("causal_sq_lt_sk", [](BwdCase& c) { c.causal = true; c.seqlen_q = 77; c.seqlen_k = 300; });
+  mask_case("causal_sq_gt_sk_fully_masked_rows", [](BwdCase& c) { c.causal = true; c.seqlen_q = 300; c.seqlen_k = 77; c.small = true; });
+  mask_case("sq_gt_sk", [](BwdCase& c) { c.seqlen_q = 300; c.seqlen_k = 77; });
+  mask_case("window_50_10", [](BwdCase& c) { c.window_left = 50; c.window_right = 10; });
+  mask_case("window_64_causal", [](BwdCase& c) { c.window_left = 64; c.causal = true; });
+  mask_case("window_0_0", [](BwdCase& c) { c.window_left = 0; c.window_right = 0; });
+  mask_case("window_right_only", [](BwdCase& c) { c.window_right = 3; });
+  mask_case("dilation", [](BwdCase& c) { c.window_left = 20; c.window_right = 5; c.dilation = 2; c.small = true; });
+  mask_case("strided", [](BwdCase& c) { c.strided = 17; });
+  mask_case("fixed", [](BwdCase& c) { c.fixed_stride = 32; c.fixed_summary = 4; });
+  mask_case("block_layout", [](BwdCase& c) { c.block_q = 32; c.block_k = 48; c.small = true; });
+  mask_case("block_layout_per_head", [](BwdCase& c) { c.block_q = 16; c.block_k = 16; c.per_head_layout = true; });
+  mask_case("block_layout_causal", [](BwdCase& c) { c.block_q = 64; c.block_k = 64; c.causal = true; });
+  mask_case("global_causal", [](BwdCase& c) { c.global_tokens = {0, 5, 130}; c.causal = true; c.small = true; });
+  mask_case("global_window", [](BwdCase& c) { c.global_tokens = {3, 199}; c.window_left = 8; c.window_right = 8; });
+  mask_case("global_strided", [](BwdCase& c) { c.global_tokens = {7, 100}; c.strided = 9; });
+  mask_case("softcap", [](BwdCase& c) { c.softcap = 5.0f; c.sigma = 3.0; });
+  mask_case("softcap_window_d256", [](BwdCase& c) { c.softcap = 20.0f; c.sigma = 2.0; c.window_left = 40; c.window_right = 3; c.head_dim = 256; });
+  mask_case("softcap_causal_d128", [](BwdCase& c) { c.softcap = 30.0f; c.sigma = 4.0; c.causal = true; c.head_dim = 128; });
+  mask_case("large_logits_bf16", [](BwdCase& c) { c.sigma = 3.0; });
+  mask_case("scale", [](BwdCase& c) { c.scale = 0.3f; c.causal = true; });
+  mask_case("empty_keys", [](BwdCase& c) { c.seqlen_q = 5; c.seqlen_k = 0; c.small = true; });
+  mask_case("empty_queries", [](BwdCase& c) { c.seqlen_q = 0; c.seqlen_k = 9; c.small = true; });
+
+  // GQA groups, including 3.
+  for (auto [hq, hk] : {std::pair{6, 2}, {8, 1}, {3, 1}}) {
+    BwdCase c;
+    c.name = "gqa_" + std::to_string(hq) + "_" + std::to_string(hk);
+    c.head_dim = hq == 3 ? 128 : 64;
+    c.heads_q = hq;
+    c.heads_kv = hk;
+    c.seqlen_q = 150;
+    c.seqlen_k = 150;
+    c.causal = hk == 2;
+    add(c);
+  }
+
+  // Packed (varlen) batches, with an empty sequence and one-token sequences.
+  BwdCase v;
+  v.name = "varlen";
+  v.head_dim = 64;
+  v.lens_q = {1, 77, 0, 200, 64};
+  v.lens_k = {5, 77, 30, 260, 1};
+  v.heads_q = 2;
+  v.heads_kv = 2;
+  v.small = true;
+  add(v);
+  v.name = "varlen_causal";
+  v.causal = true;
+  v.small = false;
+  add(v);
+  v.name = "varlen_gqa3_window_f16";
+  v.heads_q = 6;
+  v.dtype = DType::f16;
+  v.causal = false;
+  v.window_left = 16;
+  v.window_right = 16;
+  add(v);
+
+  // Deterministic mode: bitwise-repeatable and still correct, under masks that skip tiles.
+  for (auto [name, causal, hq] : {std::tuple{"deterministic", false, 4}, std::tuple{"deterministic_causal_gqa", true, 6}}) {
+    BwdCase c;
+    c.name = name;
+    c.deterministic = true;
+    c.causal = causal;
+    c.heads_q = hq;
+    c.heads_kv = 2;
+    c.seqlen_q = 300;
+    c.seqlen_k = 260;
+    c.small = !causal;
+    add(c);
+  }
+  BwdCase w = v;
+  w.name = "deterministic_varlen_window";
+  w.deterministic = true;
+  w.small = false;
+  add(w);
+  BwdCase x;
+  x.name = "deterministic_d256_gqa3_causal";
+  x.deterministic = true;
+  x.causal = true;
+  x.head_dim = 256;
+  x.heads_q = 3;
+  x.heads_kv = 1;
+  x.seqlen_q = 170;
+  x.seqlen_k = 230;
+  add(x);
+  return cs;
+}
+
+}  // namespace attn::test::cuda
