@@ -1,12 +1,14 @@
 #include "cuda/mla_check.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "attn/attention.hpp"
 #include "attn/tensor.hpp"
@@ -64,9 +66,8 @@ MlaCheckResult check_mla(const MlaCase& c, std::uint64_t seed) {
   std::normal_distribution<double> normal;
   const int B = int(c.lens_k.size()), H = c.heads, Sq = c.seqlen_q;
   const std::vector<int>& lk = c.lens_k;
-  std::vector<int> cu_k(std::size_t(B) + 1, 0), cu_q(std::size_t(B) + 1, 0);
+  std::vector<int> cu_k(std::size_t(B) + 1, 0);
   std::partial_sum(lk.begin(), lk.end(), cu_k.begin() + 1);
-  for (int b = 0; b < B; ++b) cu_q[std::size_t(b) + 1] = (b + 1) * Sq;
   const int max_sk = *std::max_element(lk.begin(), lk.end());
   const std::int64_t Tk = cu_k.back(), Tq = std::int64_t(B) * Sq;
   const float scale = c.scale > 0.0f ? c.scale : float(1.0 / std::sqrt(192.0));
@@ -77,23 +78,51 @@ MlaCheckResult check_mla(const MlaCase& c, std::uint64_t seed) {
   for (std::int64_t i = 0; i < lat_h.numel(); ++i) write_element(lat_h.view(), i, normal(gen));
   const Tensor q64 = convert(q_h.view(), DType::f64), lat64 = convert(lat_h.view(), DType::f64);
 
-  // Reference on packed tensors: q (Tq, H, 576), k (Tk, 1, 576), v its first 512 channels.
+  // Reference: out (Tq, H, 512) and lse (H, Tq) in f64, Tq = B * Sq. Heads are independent
+  // in an MQA, so the float64 loops (about 0.2 GFLOP/s) run per (sequence, 8 heads) on every
+  // core, each as a batch of one over strided views: q (1, Sq, 8, 576), k (1, len, 1, 576) and
+  // v its first 512 channels.
   Tensor out_ref = host_tensor({Tq, H, kDv}, DType::f64), lse_ref = host_tensor({H, Tq}, DType::f64);
   AttentionParams params;
   params.scale = scale;
   params.mask.causal = c.causal;
   {
-    ForwardArgs ra;
-    ra.q = TensorView::contiguous(q64.data(), DType::f64, {Tq, H, kD});
-    ra.k = lat64;
-    ra.v = leading_channels(lat64.view(), kDv);
-    ra.out = out_ref;
-    ra.lse = lse_ref;
-    Tensor cq = host_i32(cu_q), ck = host_i32(cu_k);
-    ra.cu_seqlens_q = cq;
-    ra.cu_seqlens_k = ck;
-    ra.params = params;
-    attention_forward(ra, Backend::reference);
+    constexpr int kHeadsPerTask = 8;
+    const int chunks = (H + kHeadsPerTask - 1) / kHeadsPerTask, tasks = B * chunks;
+    std::atomic<int> next_task{0};
+    std::vector<std::string> errors(static_cast<std::size_t>(tasks));
+    auto work = [&] {
+      for (int task; (task = next_task++) < tasks;) {
+        const int b = task / chunks, h0 = task % chunks * kHeadsPerTask, hc = std::min(kHeadsPerTask, H - h0);
+        const std::int64_t len = lk[std::size_t(b)];
+        auto view = [](const Tensor& t, std::int64_t offset, const Shape& shape, const Shape& stride) {
+          TensorView v = t.view();
+          v.data = t.as<double>() + offset;
+          v.ndim = int(shape.size());
+          for (std::size_t d = 0; d < shape.size(); ++d) {
+            v.shape[d] = shape[d];
+            v.stride[d] = stride[d];
+          }
+          return v;
+        };
+        ForwardArgs ra;
+        ra.q = view(q64, (std::int64_t(b) * Sq * H + h0) * kD, {1, Sq, hc, kD}, {Sq * H * kD, H * kD, kD, 1});
+        ra.k = view(lat64, cu_k[std::size_t(b)] * std::int64_t(kD), {1, len, 1, kD}, {len * kD, kD, kD, 1});
+        ra.v = leading_channels(ra.k, kDv);
+        ra.out = view(out_ref, (std::int64_t(b) * Sq * H + h0) * kDv, {1, Sq, hc, kDv}, {Sq * H * kDv, H * kDv, kDv, 1});
+        ra.lse = view(lse_ref, std::int64_t(h0) * Tq + std::int64_t(b) * Sq, {1, hc, Sq}, {H * Tq, Tq, 1});
+        ra.params = params;
+        try {
+          attention_forward(ra, Backend::reference);
+        } catch (const std::exception& e) {
+          errors[std::size_t(task)] = e.what();
+        }
+      }
+    };
+    std::vector<std::thread> pool(std::max(1u, std::thread::hardware_concurrency()));
+    for (auto& t : pool) t = std::thread(work);
+    for (auto& t : pool) t.join();
+    for (const std::string& e : errors) ATTN_CHECK(e.empty(), "mla case ", c.name, ": reference failed: ", e);
   }
 
   Tensor out_d = poisoned_device({B, Sq, H, kDv}, c.dtype), lse_d = poisoned_device({B, H, Sq}, DType::f32);
