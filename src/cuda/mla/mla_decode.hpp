@@ -22,18 +22,18 @@ namespace attn::cuda::mla {
 
 inline constexpr int kHeadDim = 576;   ///< scores: [c_kv (512) ; k_rope (64)]
 inline constexpr int kHeadDimV = 512;  ///< values: c_kv
-/// A CTA owns 64 (query, head) rows and walks its split of the keys 64 at a time; 8 warps:
-/// warp w owns rows 16 (w % 4) and, for S = Q K^T, keys 32 (w / 4) of the tile, for O += P V,
-/// value columns 256 (w / 4). So each K tile read from memory serves 64 heads, and no warp
-/// recomputes another's scores.
+/// A CTA owns 64 (query, head) rows and walks its split of the keys 64 at a time, so each K
+/// tile read from memory serves 64 heads. 8 warps: 4 compute the scores (32 x 32 each), all 8
+/// accumulate the output (64 rows x 64 value columns each); see mla_decode.cuh.
 inline constexpr int kBlockM = 64;
 inline constexpr int kBlockN = 64;
 inline constexpr int kWarps = 8;
 inline constexpr int kThreads = 32 * kWarps;
-/// Q (64 x 576), K in two stages (2 x 64 x 576), P (64 x 64), in the storage type, plus two f32
-/// per-row slots per key half (row maxima, then row sums): 229,888 bytes, under sm_90's 227 KB.
+/// Q (64 x 576), K in two stages (2 x 64 x 576), P (64 x 64), in the storage type, plus f32
+/// per-row slots (two key halves' maxima or sums, one rescale factor): 230,144 bytes, under
+/// sm_90's 227 KB (232,448).
 inline constexpr int kSmemBytes = (kBlockM * kHeadDim + 2 * kBlockN * kHeadDim + kBlockM * kBlockN) * 2 +
-                                  2 * kBlockM * int(sizeof(float));
+                                  3 * kBlockM * int(sizeof(float));
 inline constexpr int kMaxSplits = 64;
 
 /// Launch plan of one call. Rows of a sequence are x = i * Hq + h (query i, head h); CTA
