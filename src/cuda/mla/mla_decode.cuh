@@ -4,7 +4,8 @@
 // Letters: Sq/Sk this sequence's query/key lengths, Hq query heads, D = 576, Dv = 512, BM = 64
 // rows, BN = 32 keys per tile. Rows x = i * Hq + h. Two warp roles, one barrier per tile:
 //   score warps 0-3    S = Q K^T for key tile t (warp w: rows 16 w, all 32 keys), online
-//                      softmax in registers, P and each row's rescale factor to shared memory
+//                      softmax in registers, P and each row's rescale factor to shared memory;
+//                      they also issue the cp.async loads of tile t + 1
 //   output warps 4-11  O = O * scale + P V for key tile t - 1 (warp w: all 64 rows, value
 //                      columns 64 (w - 4)), from the P the score warps wrote one step earlier
 // so the tensor cores see scores of one tile and outputs of the previous at once, where a
@@ -54,17 +55,18 @@ __device__ __forceinline__ int swz(int r, int c) {
 /// The same for the 32-column P tile: rows of 64 bytes, two per 128, so row pairs share a pattern.
 __device__ __forceinline__ int swz_p(int r, int c) { return r * kBlockN + ((c ^ ((r >> 1) & 3)) << 3); }
 
-/// Copies ROWS rows of 576 T into a swizzled tile, 16 bytes per cp.async: 12 threads per row
-/// (192 contiguous bytes), 32 rows per pass. `row_src(r)` is the global row or nullptr (zero
-/// fill, nothing read); `any` names a valid address for the zero-filling copies.
-template <int ROWS, class T, class RowSrc>
-__device__ __forceinline__ void load_rows(T* dst, const T* any, RowSrc row_src) {
-  constexpr int kChunks = kHeadDim / 8, kPerRow = kThreads / 32;
-  static_assert(kThreads % 32 == 0 && kChunks % kPerRow == 0 && ROWS % 32 == 0, "32 rows per pass");
-  const int c0 = int(threadIdx.x) % kPerRow;
+/// Copies ROWS rows of 576 T into a swizzled tile, 16 bytes per cp.async, by THREADS threads
+/// (thread index `tid`): THREADS / 32 threads per row, 32 rows per pass. `row_src(r)` is the
+/// global row or nullptr (zero fill, nothing read); `any` names a valid address for the
+/// zero-filling copies.
+template <int ROWS, int THREADS, class T, class RowSrc>
+__device__ __forceinline__ void load_rows(T* dst, const T* any, RowSrc row_src, int tid) {
+  constexpr int kChunks = kHeadDim / 8, kPerRow = THREADS / 32;
+  static_assert(THREADS % 32 == 0 && kChunks % kPerRow == 0 && ROWS % 32 == 0, "32 rows per pass");
+  const int c0 = tid % kPerRow;
 #pragma unroll
   for (int pass = 0; pass < ROWS / 32; ++pass) {
-    const int r = int(threadIdx.x) / kPerRow + 32 * pass;
+    const int r = tid / kPerRow + 32 * pass;
     const T* src = row_src(r);
 #pragma unroll
     for (int c = c0; c < kChunks; c += kPerRow)
@@ -79,9 +81,9 @@ __device__ __forceinline__ void sync_all() { asm volatile("bar.sync 1, %0;\n" ::
 /// Moves registers between the warp roles (sm_90a; a no-op elsewhere): the entry cap of 168
 /// per thread (384 threads) does not hold the output warps' 128 accumulators, their P and V
 /// fragments and addresses without spilling, while the score warps need far fewer.
-/// 4 x 32 x 112 + 8 x 32 x 200 = 64,512 registers, under the SM's 65,536.
-inline constexpr int kScoreRegs = 96;
-inline constexpr int kOutputRegs = 208;
+/// 4 x 32 x 128 + 8 x 32 x 192 = 65,536 registers, the whole SM.
+inline constexpr int kScoreRegs = 128;
+inline constexpr int kOutputRegs = 192;
 template <bool kInc, int N>
 __device__ __forceinline__ void set_max_regs() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -132,28 +134,22 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_co
 
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
-  load_rows<BM>(sQ, q, [&](int r) -> const T* {
+  load_rows<BM, kThreads>(sQ, q, [&](int r) -> const T* {
     const int x = m0 + r;
     return x < rows ? q + sm80::row_offset(p.q_layout, b, x / Hq, x % Hq) : nullptr;
-  });
+  }, int(threadIdx.x));
+  sm80::cp_async_commit();
+  // K tiles are loaded by the score warps alone: the output warps' registers are all taken by
+  // their accumulators and fragments, and the loads' addresses would push them to spill.
   // Keys past k_end are zero-filled and never read: past Sk the block table must not be touched.
   auto load_k = [&](int s) {
     const int n0 = (t_begin + s) * BN;
-    load_rows<BN>(sK + s % kStages * BN * D, k, [&](int r) -> const T* {
+    load_rows<BN, 32 * kScoreWarps>(sK + s % kStages * BN * D, k, [&](int r) -> const T* {
       return n0 + r < k_end ? k + sm80::row_offset(p.k_layout, b, n0 + r, 0) : nullptr;
-    });
-  };
-  if (n > 0) load_k(0);
-  sm80::cp_async_commit();
-  // Top of step s (both roles): K of step s (and Q) has landed for every thread, and the P
-  // buffer, rescale factors and K stage that step s - 1 read are free; the stage of tile s + 1
-  // held tile s - 2, which step s - 1 multiplied.
-  auto begin_step = [&](int s) {
-    sm80::cp_async_wait<0>();
-    sync_all();
-    if (s + 1 < n) load_k(s + 1);
+    }, int(threadIdx.x));
     sm80::cp_async_commit();
   };
+  if (warp < kScoreWarps && n > 0) load_k(0);
 
   // The output tile: written by the output warps to sO (over sQ, which the scores no longer
   // need), stored by every thread with 16-byte row-contiguous stores.
@@ -183,7 +179,12 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_co
     float l_run[2] = {0.0f, 0.0f};        // running row sum of exp2(x - m_run), this thread's columns
     const float mul = params.scale_log2;
     for (int s = 0; s <= n && n > 0; ++s) {
-      begin_step(s);
+      // K of step s (and Q) has landed, for every thread after the barrier, which also frees
+      // the P buffer, rescale factors and K stage that step s - 1 read: the stage of tile
+      // s + 1 held tile s - 2, which step s - 1 multiplied.
+      sm80::cp_async_wait<0>();
+      sync_all();
+      if (s + 1 < n) load_k(s + 1);
       if (s == n || !scoring) continue;
       const T* sKs = sK + s % kStages * BN * D;
       const int n0 = (t_begin + s) * BN;
@@ -266,7 +267,8 @@ __global__ void __launch_bounds__(kThreads, 1) mla_decode_kernel(const __grid_co
     const int m_tiles = min(4, (rows - m0 + 15) / 16);
     float o[4][kCols / 8][4] = {};
     for (int s = 0; s <= n && n > 0; ++s) {
-      begin_step(s);
+      sm80::cp_async_wait<0>();  // the Q copy (step 0)
+      sync_all();
       if (s == 0) continue;
       // O = O * scale + P V for tile s - 1; V rows are its K rows.
       const T* sKs = sK + (s - 1) % kStages * BN * D;
