@@ -308,9 +308,9 @@ std::vector<MlaCase> mla_cases() {
   // Speculative decode: 4 queries x 32 heads are two 64-row blocks of two queries each.
   add("mla_h32_page64_sq4_causal", 32, 4, true, 64, DType::bf16, {1, 1000});
   add("mla_h16_page17_sq2_small", 16, 2, true, 17, DType::bf16, {1, 70, 130}, true);
-  // No split: every key in one tile; and 66 sequences x 2 row blocks, enough CTAs to fill an
-  // H100's 132 SMs, with two key tiles each.
-  add("mla_h16_one_tile", 16, 1, false, 64, DType::bf16, {1, 33, 64, 50}, true);
+  // No split: every key in one 32-key tile; and 66 sequences x 2 row blocks, enough CTAs to
+  // fill an H100's 132 SMs, with three key tiles each.
+  add("mla_h16_one_tile", 16, 1, false, 64, DType::bf16, {1, 17, 32, 30}, true);
   std::vector<int> many;
   for (int b = 0; b < 66; ++b) many.push_back(65 + b % 16);
   add("mla_h128_b66_no_split", 128, 1, false, 64, DType::bf16, many);
