@@ -80,10 +80,14 @@ __device__ __forceinline__ void sync_all() { asm volatile("bar.sync 1, %0;\n" ::
 
 /// Moves registers between the warp roles (sm_90a; a no-op elsewhere): the entry cap of 168
 /// per thread (384 threads) does not hold the output warps' 128 accumulators, their P and V
-/// fragments and addresses without spilling, while the score warps need far fewer.
-/// 4 x 32 x 128 + 8 x 32 x 192 = 65,536 registers, the whole SM.
-inline constexpr int kScoreRegs = 128;
+/// fragments and addresses without spilling, while the score warps need far fewer. The pool
+/// that setmaxnreg redistributes is the CTA's own allocation at entry, 168 x 384 = 64,512:
+/// 4 x 32 x 120 + 8 x 32 x 192 fills it exactly; asking for more would block forever.
+inline constexpr int kEntryRegs = 65536 / kThreads / 8 * 8;
+inline constexpr int kScoreRegs = 120;
 inline constexpr int kOutputRegs = 192;
+static_assert(kScoreWarps * kScoreRegs + kOutputWarps * kOutputRegs <= (kScoreWarps + kOutputWarps) * kEntryRegs,
+              "setmaxnreg.inc waits for registers the CTA released; more than it holds never come");
 template <bool kInc, int N>
 __device__ __forceinline__ void set_max_regs() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)

@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
   for (const auto& c : attn::test::cuda::mla_cases()) {
     ++case_seed;
     if ((small && !c.small) || c.name.find(filter) == std::string::npos) continue;
+    // Named before it runs: a case that hangs or crashes is the last one printed.
+    std::printf("RUN  %s\n", c.name.c_str());
+    std::fflush(stdout);
     const auto t0 = std::chrono::steady_clock::now();
     try {
       const auto r = attn::test::cuda::check_mla(c, case_seed);
