@@ -41,9 +41,9 @@ void check_head_dims(Backend backend, int d, int dv) {
       break;
     case Backend::cuda: {
       const bool same = d == dv && (d == 64 || d == 96 || d == 128 || d == 192 || d == 256);
-      ATTN_CHECK(same || (d == 192 && dv == 128),
-                 "head_dim: the cuda backend expects 64, 96, 128, 192 or 256 (head_dim_v equal, or 192/128), got ", d,
-                 "/", dv);
+      ATTN_CHECK(same || (d == 192 && dv == 128) || (d == 576 && dv == 512),
+                 "head_dim: the cuda backend expects 64, 96, 128, 192 or 256 (head_dim_v equal, or 192/128, or MLA's "
+                 "576/512), got ", d, "/", dv);
       break;
     }
   }

@@ -175,3 +175,41 @@ int attn_cuda_backward(const AttnBwdDesc* d, void* workspace, std::size_t worksp
 }
 
 }  // extern "C"
+
+// MLA absorbed decode (head_dim 576, head_dim_v 512, one latent kv head): the values are the
+// first 512 channels of the keys, so only `k` is read (a padded cache or a page pool of
+// 576-wide rows, as above) and `v` is ignored; the backend sends these shapes to its MLA kernel.
+namespace {
+
+attn::detail::AttentionProblem mla_problem_of(const AttnFwdDesc& d) {
+  attn::detail::AttentionProblem p = problem_of(d);
+  p.v = p.k;
+  p.v_layout = p.k_layout;
+  return p;
+}
+
+}  // namespace
+
+extern "C" {
+
+/// Workspace bytes, or SIZE_MAX on error.
+std::size_t attn_cuda_mla_decode_workspace_size(const AttnFwdDesc* d) {
+  try {
+    return attn::cuda::forward_workspace_size(mla_problem_of(*d));
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return SIZE_MAX;
+  }
+}
+
+int attn_cuda_mla_decode(const AttnFwdDesc* d, void* workspace, std::size_t workspace_bytes) {
+  try {
+    attn::cuda::forward(mla_problem_of(*d), attn::Workspace{workspace, workspace_bytes});
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return -1;
+  }
+}
+
+}  // extern "C"

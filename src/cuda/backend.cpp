@@ -9,6 +9,7 @@
 #include "cuda/backward.hpp"
 #include "cuda/check.hpp"
 #include "cuda/fwd_params.hpp"
+#include "cuda/mla/mla_decode.hpp"
 
 namespace attn::cuda {
 namespace {
@@ -115,11 +116,13 @@ void with_head_dims(int d, int dv, Fn&& fn) {
 }  // namespace
 
 std::size_t forward_workspace_size(const AttentionProblem& p) {
+  if (mla::is_mla_decode(p)) return mla::decode_workspace_size(p);
   if (p.batch == 0 || p.seqlen_q == 0) return 0;
   return plan_forward(p).workspace_bytes;
 }
 
 void forward(const AttentionProblem& p, Workspace ws) {
+  if (mla::is_mla_decode(p)) return mla::decode(p, ws, nullptr);  // MLA's latent cache: 576 / 512
   if (p.batch == 0 || p.seqlen_q == 0) return;  // nothing to write
   Plan plan = plan_forward(p);
   FwdParams& f = plan.params;
