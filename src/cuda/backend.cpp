@@ -86,12 +86,10 @@ Plan plan_forward(const AttentionProblem& p) {
   }
   ATTN_CHECK(std::int64_t(f.m_tiles) * f.n_splits * f.slots * p.batch < (std::int64_t(1) << 31),
              "q: batch x heads x seqlen_q is too large for one launch");
-  // Heavy-first launch order inside groups of (slot, batch) pairs whose K/V take at most half
-  // of the L2 together, so the m-tiles of a pair still find its K/V there.
-  const std::int64_t kv_pair_bytes =
-      std::max<std::int64_t>(1, std::int64_t(p.seqlen_k) * (p.head_dim + p.head_dim_v) * std::int64_t(dtype_size(p.dtype)));
-  const std::int64_t l2_bytes = current_device_attribute(cudaDevAttrL2CacheSize);
-  f.pairs_per_group = int(std::clamp<std::int64_t>(l2_bytes / 2 / kv_pair_bytes, 1, std::int64_t(f.slots) * p.batch));
+  // One (slot, batch) pair at a time in launch order, its m-tiles last to first (cta_work):
+  // consecutive CTAs share K/V in L2. Interleaving the m-tiles of L2-sized groups of pairs
+  // (heaviest first across the group) measured 6-9% slower on the H100 (bench/gpu_notes.md, v4).
+  f.pairs_per_group = 1;
   if (f.n_splits > 1) {
     const std::size_t rows = std::size_t(f.n_splits) * std::size_t(p.batch) * std::size_t(p.seqlen_q) *
                              std::size_t(p.heads_q);

@@ -54,7 +54,7 @@ struct FwdParams {
   int slots = 0;    ///< query heads, or kv heads when packed
   int m_tiles = 0;  ///< query-row tiles per (slot, batch)
   int n_splits = 1;
-  int pairs_per_group = 1;  ///< (slot, batch) pairs scheduled together (launch order, see the kernel)
+  int pairs_per_group = 1;  ///< (slot, batch) pairs whose m-tiles interleave in launch order (cta_work)
   float scale_log2 = 0;    ///< scale * log2(e): scores go straight to exp2
   float softcap_log2 = 0;  ///< softcap * log2(e)
   float* o_part = nullptr;
@@ -62,9 +62,9 @@ struct FwdParams {
 };
 
 /// Which work CTA `linear` (its launch index) does. Launch order: groups of pairs_per_group
-/// (slot, batch) pairs whose K/V fit in L2 together; within a group the m-tiles run from last
-/// to first, so that under a causal mask the CTAs with the most key tiles start first and the
-/// short ones fill the tail; splits vary fastest. A bijection onto
+/// (slot, batch) pairs (the planner uses 1, see backend.cpp); within a group the m-tiles run
+/// from last to first, so that under a causal mask the CTAs with the most key tiles start
+/// first and the short ones fill the tail; splits vary fastest. A bijection onto
 /// [0, m_tiles) x [0, n_splits) x [0, slots) x [0, batch) (tests/cuda/test_cuda_plan.cpp).
 struct CtaWork {
   int m_tile, split, slot, batch;
