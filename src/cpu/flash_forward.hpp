@@ -121,7 +121,7 @@ struct FlashForward {
   void load_query_tile(const ForwardUnit& u, const HeadTile& h, float query_scale) const {
     const int G = plan.group, d = p.head_dim, ld = plan.rows_pad;
     const T* q = static_cast<const T*>(p.q);
-    float row[256];
+    float row[detail::kCpuMaxHeadDim];
     for (int i = u.i0; i < u.i1; ++i)
       for (int g = 0; g < G; ++g) {
         const int r = (i - u.i0) * G + g;
