@@ -188,6 +188,116 @@ struct FlashForward {
     }
   }
 
+  /// Decode tiles (scores_by_dot: a few rows per kv head) skip the f32 K / V staging: K and V
+  /// rows are read where they lie, converted in registers, and the unit sweeps keys in the
+  /// outer loop and its kv heads in the inner one, so each key's rows of all the unit's heads
+  /// (adjacent in memory) are one unit-stride run, and a page of a paged cache is one long run
+  /// the hardware prefetchers follow. Pages are scattered, so each key also prefetches the run
+  /// of the key kPrefetchKeys ahead (the next page's rows as soon as its id is known).
+  static constexpr int kPrefetchKeys = 16;
+
+  /// Prefetches bytes [0, n) from `run`, one request per cache line.
+  static void prefetch_run(const T* run, int n) {
+    constexpr int kLine = 64;
+    const char* c = reinterpret_cast<const char*>(run);
+    for (int e = 0; e < n * int(sizeof(T)); e += kLine) __builtin_prefetch(c + e);
+  }
+
+  /// s(j, row) for key j of one head: k_j . q_row, K converted in registers; up to four rows
+  /// share each K vector loaded.
+  void dot_scores_direct(const T* kj, const HeadTile& h, int rows, float* sj) const {
+    const int d = p.head_dim;
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+      const int n = rows - r0 < 4 ? rows - r0 : 4;
+      const float* q0 = h.q_t + std::ptrdiff_t(r0) * d;
+      V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+      int e = 0;
+      for (; e + V::width <= d; e += V::width) {
+        const V kv = V::load(kj + e);
+        for (int r = 0; r < n; ++r) acc[r] = V::fma(kv, V::load(q0 + std::ptrdiff_t(r) * d + e), acc[r]);
+      }
+      if (e < d) {
+        const V kv = V::load_n(kj + e, d - e);
+        for (int r = 0; r < n; ++r) acc[r] = V::fma(kv, V::load_n(q0 + std::ptrdiff_t(r) * d + e, d - e), acc[r]);
+      }
+      for (int r = 0; r < n; ++r) sj[r0 + r] = acc[r].reduce_add();
+    }
+  }
+
+  /// o(row) += p(j, row) v_j for key j of one head, V converted in registers.
+  void accumulate_pv_direct(const T* vj, const HeadTile& h, int rows, const float* pj) const {
+    const int dv = p.head_dim_v, dvp = plan.dv_pad;
+    for (int e = 0; e < dv; e += V::width) {
+      const V vv = dv - e >= V::width ? V::load(vj + e) : V::load_n(vj + e, dv - e);
+      for (int r = 0; r < rows; ++r) {
+        float* o = h.o + std::ptrdiff_t(r) * dvp + e;
+        V::fma(V::set1(pj[r]), vv, V::load(o)).store(o);
+      }
+    }
+  }
+
+  /// run_tiles for decode tiles: per key tile, scores of every head of the unit key by key,
+  /// the online softmax per head, then P V key by key. Each head keeps its own score tile.
+  void run_tiles_direct(const ForwardUnit& u, int lo, int hi, int tile_begin, int tile_end) const {
+    constexpr int Bc = ForwardPlan::kKeyBlock;
+    const int rp = plan.rows_pad;
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    // The unit's heads are adjacent in every cache layout: one run of heads * dim values per
+    // key. Other head strides prefetch the first head's row only.
+    const int k_run = p.k_layout.head_stride == p.head_dim ? u.heads * p.head_dim : p.head_dim;
+    const int v_run = p.v_layout.head_stride == p.head_dim_v ? u.heads * p.head_dim_v : p.head_dim_v;
+    const int first = lo / Bc * Bc;
+    const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
+    HeadTile heads[ForwardPlan::kMaxHeadsPerUnit];
+    GroupMask masks[ForwardPlan::kMaxHeadsPerUnit];
+    detail::TileKind kinds[ForwardPlan::kMaxHeadsPerUnit];
+    for (int index = 0; index < u.heads; ++index) {
+      heads[index] = head_tile(u, index);
+      masks[index] = group_mask(p, u.seqlen_q, u.seqlen_k, heads[index].hkv);
+    }
+    for (int t = tile_begin; t < tile_end; ++t) {
+      const int j0 = first + t * Bc > lo ? first + t * Bc : lo;
+      const int j1 = first + (t + 1) * Bc < hi ? first + (t + 1) * Bc : hi;
+      if (j0 >= j1) continue;
+      const int keys = j1 - j0;
+      bool any = false;
+      for (int index = 0; index < u.heads; ++index) {
+        kinds[index] = classify_group_tile(masks[index], u.i0, u.i1, j0, j1);
+        any = any || kinds[index] != detail::TileKind::empty;
+      }
+      if (!any) continue;
+      for (int j = j0; j < j1; ++j) {
+        if (j + kPrefetchKeys < range_end) prefetch_run(k + p.k_layout.offset(u.b, j + kPrefetchKeys, u.hkv0), k_run);
+        const T* kj = k + p.k_layout.offset(u.b, j, u.hkv0);
+        for (int index = 0; index < u.heads; ++index)
+          if (kinds[index] != detail::TileKind::empty)
+            dot_scores_direct(kj + index * p.k_layout.head_stride, heads[index], u.rows,
+                              u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp);
+      }
+      for (int index = 0; index < u.heads; ++index) {
+        if (kinds[index] == detail::TileKind::empty) continue;
+        float* s = u.s + std::ptrdiff_t(index) * Bc * rp;
+        for (int j = 0; j < keys; ++j)
+          for (int r = u.rows; r < rp; ++r) s[std::ptrdiff_t(j) * rp + r] = 0.0f;
+        if (p.softcap > 0.0f) soft_cap(s, keys);
+        if (kinds[index] == detail::TileKind::partial) mask_group_tile(masks[index], u.i0, u.i1, j0, j1, s, rp);
+        online_softmax(u, heads[index], keys, s);
+        rescale_output(u, heads[index]);
+      }
+      // V of the first keys of the tile was not prefetched while the scores ran: ask now.
+      for (int j = j0; j < j1 && j < j0 + kPrefetchKeys; ++j) prefetch_run(v + p.v_layout.offset(u.b, j, u.hkv0), v_run);
+      for (int j = j0; j < j1; ++j) {
+        if (j + kPrefetchKeys < j1) prefetch_run(v + p.v_layout.offset(u.b, j + kPrefetchKeys, u.hkv0), v_run);
+        const T* vj = v + p.v_layout.offset(u.b, j, u.hkv0);
+        for (int index = 0; index < u.heads; ++index)
+          if (kinds[index] != detail::TileKind::empty)
+            accumulate_pv_direct(vj + index * p.v_layout.head_stride, heads[index], u.rows,
+                                 u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp);
+      }
+    }
+  }
+
   /// s = cap * log2(e) * tanh(s / cap) on the first `keys` rows of the score tile.
   void soft_cap(float* s, int keys) const {
     const V inv_cap = V::set1(1.0f / p.softcap), cap = V::set1(p.softcap * kLog2e);
@@ -199,19 +309,19 @@ struct FlashForward {
   /// Online softmax over one score tile (keys x Rp, key-major), probabilities written in place.
   /// A row whose maximum is still -inf uses 0 as its reference, so 2^(-inf - ref) = 0 and
   /// never NaN; its alpha is 0 too (its o and l are 0 anyway).
-  void online_softmax(const ForwardUnit& u, const HeadTile& h, int keys) const {
+  void online_softmax(const ForwardUnit& u, const HeadTile& h, int keys, float* s) const {
     const int ld = plan.rows_pad;
     const V minus_inf = V::set1(kMinusInf), zero = V::zero();
     for (int c = 0; c < ld; c += V::width) {
       V tile_max = minus_inf;
-      for (int j = 0; j < keys; ++j) tile_max = V::max(tile_max, V::load(u.s + std::ptrdiff_t(j) * ld + c));
+      for (int j = 0; j < keys; ++j) tile_max = V::max(tile_max, V::load(s + std::ptrdiff_t(j) * ld + c));
       const V old_max = V::load(h.row_max + c);
       const V new_max = V::max(old_max, tile_max);
       const V reference = V::select_equal(new_max, minus_inf, zero, new_max);
       const V alpha = V::exp2(old_max - reference);
       V sum = zero;
       for (int j = 0; j < keys; ++j) {
-        float* sj = u.s + std::ptrdiff_t(j) * ld + c;
+        float* sj = s + std::ptrdiff_t(j) * ld + c;
         const V prob = V::exp2(V::load(sj) - reference);
         prob.store(sj);
         sum = sum + prob;
@@ -261,7 +371,7 @@ struct FlashForward {
           gemm<V, false, false, 1>(keys, rp, d, u.k, d, h.q_t, rp, u.s, rp);
         if (p.softcap > 0.0f) soft_cap(u.s, keys);
         if (kind == detail::TileKind::partial) mask_group_tile(gm, u.i0, u.i1, j0, j1, u.s, rp);
-        online_softmax(u, h, keys);
+        online_softmax(u, h, keys, u.s);
         rescale_output(u, h);
         gemm<V, true, true>(u.rows, dvp, keys, u.s, rp, u.v, dvp, h.o, dvp);
       }
@@ -348,7 +458,12 @@ struct FlashForward {
       fill<V>(h.row_sum, std::size_t(plan.rows_pad), 0.0f);
       if (tile_begin < tile_end) load_query_tile(u, h, query_scale);
     }
-    if (tile_begin < tile_end) run_tiles(u, lo, hi, tile_begin, tile_end);
+    if (tile_begin < tile_end) {
+      if (plan.scores_by_dot)
+        run_tiles_direct(u, lo, hi, tile_begin, tile_end);
+      else
+        run_tiles(u, lo, hi, tile_begin, tile_end);
+    }
 
     const int dv = p.head_dim_v;
     float* partial_o = reinterpret_cast<float*>(workspace) + plan.partial_o;
