@@ -203,35 +203,59 @@ struct FlashForward {
     for (int e = 0; e < n * int(sizeof(T)); e += kLine) __builtin_prefetch(c + e);
   }
 
-  /// s(j, row) for key j of one head: k_j . q_row, K converted in registers; up to four rows
-  /// share each K vector loaded.
+  /// s(j, row0 + r) = k_j . q_(row0 + r), r < N, K converted in registers once for the N rows.
+  /// N is a constant so the accumulators stay in registers; two chains per row (FMA latency,
+  /// not throughput, would bound one).
+  template <int N>
+  void dot_rows(const T* kj, const float* q0, float* sj) const {
+    const int d = p.head_dim;
+    V acc[N], acc2[N];
+    for (int r = 0; r < N; ++r) acc[r] = acc2[r] = V::zero();
+    int e = 0;
+    for (; e + 2 * V::width <= d; e += 2 * V::width) {
+      const V kv = V::load(kj + e), kv2 = V::load(kj + e + V::width);
+      for (int r = 0; r < N; ++r) {
+        acc[r] = V::fma(kv, V::load(q0 + std::ptrdiff_t(r) * d + e), acc[r]);
+        acc2[r] = V::fma(kv2, V::load(q0 + std::ptrdiff_t(r) * d + e + V::width), acc2[r]);
+      }
+    }
+    for (; e < d; e += V::width) {
+      const int m = d - e < V::width ? d - e : V::width;
+      const V kv = V::load_n(kj + e, m);
+      for (int r = 0; r < N; ++r) acc[r] = V::fma(kv, V::load_n(q0 + std::ptrdiff_t(r) * d + e, m), acc[r]);
+    }
+    for (int r = 0; r < N; ++r) sj[r] = (acc[r] + acc2[r]).reduce_add();
+  }
+
+  /// s(j, row) for key j of one head, rows four at a time.
   void dot_scores_direct(const T* kj, const HeadTile& h, int rows, float* sj) const {
     const int d = p.head_dim;
-    for (int r0 = 0; r0 < rows; r0 += 4) {
-      const int n = rows - r0 < 4 ? rows - r0 : 4;
-      const float* q0 = h.q_t + std::ptrdiff_t(r0) * d;
-      V acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
-      int e = 0;
-      for (; e + V::width <= d; e += V::width) {
-        const V kv = V::load(kj + e);
-        for (int r = 0; r < n; ++r) acc[r] = V::fma(kv, V::load(q0 + std::ptrdiff_t(r) * d + e), acc[r]);
-      }
-      if (e < d) {
-        const V kv = V::load_n(kj + e, d - e);
-        for (int r = 0; r < n; ++r) acc[r] = V::fma(kv, V::load_n(q0 + std::ptrdiff_t(r) * d + e, d - e), acc[r]);
-      }
-      for (int r = 0; r < n; ++r) sj[r0 + r] = acc[r].reduce_add();
+    int r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4) dot_rows<4>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+    switch (rows - r0) {
+      case 3: return dot_rows<3>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+      case 2: return dot_rows<2>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+      case 1: return dot_rows<1>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+      default: return;
     }
   }
 
-  /// o(row) += p(j, row) v_j for key j of one head, V converted in registers.
-  void accumulate_pv_direct(const T* vj, const HeadTile& h, int rows, const float* pj) const {
-    const int dv = p.head_dim_v, dvp = plan.dv_pad;
+  /// o(row) += sum_j p(j, row) v_j over N keys of one head, V rows at vj[j] converted in
+  /// registers. Several keys per pass so each o vector is loaded and stored once per N fma (a
+  /// store per fma would bound the loop), and each V vector is converted once for all rows.
+  static constexpr int kPvKeys = 4;
+  template <int N>
+  void accumulate_pv_direct(const T* const* vj, const HeadTile& h, int rows, const float* pj) const {
+    const int dv = p.head_dim_v, dvp = plan.dv_pad, rp = plan.rows_pad;
     for (int e = 0; e < dv; e += V::width) {
-      const V vv = dv - e >= V::width ? V::load(vj + e) : V::load_n(vj + e, dv - e);
+      const int m = dv - e < V::width ? dv - e : V::width;
+      V vv[N];
+      for (int j = 0; j < N; ++j) vv[j] = m == V::width ? V::load(vj[j] + e) : V::load_n(vj[j] + e, m);
       for (int r = 0; r < rows; ++r) {
         float* o = h.o + std::ptrdiff_t(r) * dvp + e;
-        V::fma(V::set1(pj[r]), vv, V::load(o)).store(o);
+        V acc = V::load(o);
+        for (int j = 0; j < N; ++j) acc = V::fma(V::set1(pj[std::ptrdiff_t(j) * rp + r]), vv[j], acc);
+        acc.store(o);
       }
     }
   }
@@ -287,13 +311,24 @@ struct FlashForward {
       }
       // V of the first keys of the tile was not prefetched while the scores ran: ask now.
       for (int j = j0; j < j1 && j < j0 + kPrefetchKeys; ++j) prefetch_run(v + p.v_layout.offset(u.b, j, u.hkv0), v_run);
-      for (int j = j0; j < j1; ++j) {
-        if (j + kPrefetchKeys < j1) prefetch_run(v + p.v_layout.offset(u.b, j + kPrefetchKeys, u.hkv0), v_run);
-        const T* vj = v + p.v_layout.offset(u.b, j, u.hkv0);
-        for (int index = 0; index < u.heads; ++index)
-          if (kinds[index] != detail::TileKind::empty)
-            accumulate_pv_direct(vj + index * p.v_layout.head_stride, heads[index], u.rows,
-                                 u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp);
+      for (int j = j0; j < j1; j += kPvKeys) {
+        const int n = j1 - j < kPvKeys ? j1 - j : kPvKeys;
+        const T* vj[kPvKeys];
+        for (int c = 0; c < n; ++c) {
+          if (j + c + kPrefetchKeys < j1) prefetch_run(v + p.v_layout.offset(u.b, j + c + kPrefetchKeys, u.hkv0), v_run);
+          vj[c] = v + p.v_layout.offset(u.b, j + c, u.hkv0);
+        }
+        for (int index = 0; index < u.heads; ++index) {
+          if (kinds[index] == detail::TileKind::empty) continue;
+          const T* vh[kPvKeys];
+          for (int c = 0; c < n; ++c) vh[c] = vj[c] + index * p.v_layout.head_stride;
+          const float* pj = u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp;
+          if (n == kPvKeys)
+            accumulate_pv_direct<kPvKeys>(vh, heads[index], u.rows, pj);
+          else
+            for (int c = 0; c < n; ++c)
+              accumulate_pv_direct<1>(vh + c, heads[index], u.rows, pj + std::ptrdiff_t(c) * rp);
+        }
       }
     }
   }
