@@ -11,6 +11,8 @@
 //   across rows and the softmax needs no horizontal reductions):
 //     m' = max(m, max_j s), alpha = 2^(m - m'), p = 2^(s - m'), l = alpha l + sum_j p
 //   o (R x dv) = alpha o + p · V_tile                    -- gemm reading p^T transposed
+// Decode tiles (scores_by_dot) take run_tiles_direct instead: no f32 K / V tile copies, keys
+// outer and the unit's kv heads inner, K and V converted in registers (docs/PERF-cpu-decode.md).
 // Scores are in base 2 (log2(e) folded into the query scale, so exp is exp2). Computing s^T
 // instead of s avoids transposing every K tile: only the query tile is transposed, once per
 // unit, and it is reused by every key tile.
