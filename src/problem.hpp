@@ -20,6 +20,11 @@
 
 namespace attn::detail {
 
+/// Largest head_dim / head_dim_v of the CPU kernels: MLA's absorbed decode attends with keys of
+/// kv_lora_rank + rope_dim = 576 and values of 512. A multiple of every ISA's gemm panel (32),
+/// so a padded head dim never exceeds it; sizes the kernels' per-row stack buffers.
+inline constexpr int kCpuMaxHeadDim = 576;
+
 /// Where the vector of (sequence b, token t, head h) starts, in elements from the base pointer.
 ///   padded: b * batch_stride + t * token_stride + h * head_stride
 ///   packed: (cu_seqlens[b] + t) * token_stride + h * head_stride

@@ -35,9 +35,10 @@ void check_head_dims(Backend backend, int d, int dv) {
       break;
     case Backend::cpu:
     case Backend::automatic:
-      ATTN_CHECK(d % 8 == 0 && d >= 8 && d <= 256, "head_dim: the cpu backend expects a multiple of 8 in [8, 256], got ", d);
-      ATTN_CHECK(dv % 8 == 0 && dv >= 8 && dv <= 256,
-                 "head_dim_v: the cpu backend expects a multiple of 8 in [8, 256], got ", dv);
+      ATTN_CHECK(d % 8 == 0 && d >= 8 && d <= kCpuMaxHeadDim, "head_dim: the cpu backend expects a multiple of 8 in [8, ",
+                 kCpuMaxHeadDim, "], got ", d);
+      ATTN_CHECK(dv % 8 == 0 && dv >= 8 && dv <= kCpuMaxHeadDim,
+                 "head_dim_v: the cpu backend expects a multiple of 8 in [8, ", kCpuMaxHeadDim, "], got ", dv);
       break;
     case Backend::cuda: {
       const bool same = d == dv && (d == 64 || d == 96 || d == 128 || d == 192 || d == 256);

@@ -169,7 +169,7 @@ void print_targets(std::ostream& out, const std::vector<Row>& rows, const Ceilin
   if (absorbed != nullptr && expanded != nullptr)
     out << "mla decode: absorbed " << fixed(absorbed->m.median_ms, 2) << " ms, expanded " << fixed(expanded->m.median_ms, 2)
         << " ms (target: absorbed faster: " << verdict(absorbed->m.median_ms < expanded->m.median_ms)
-        << "); attention cores on the reference: the cpu kernels take head dims <= 256\n";
+        << ")\n";
   for (const char* name : {"linear", "softmax"}) {
     std::vector<const Row*> grown;
     for (const Row& r : rows)

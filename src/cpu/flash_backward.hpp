@@ -94,7 +94,7 @@ struct FlashBackward {
     const int d = p.head_dim, dv = p.head_dim_v, dp = plan.d_pad;
     const T* kk = static_cast<const T*>(p.k);
     const T* vv = static_cast<const T*>(p.v);
-    float row[256];  // head dims are at most 256 (validate.cpp)
+    float row[detail::kCpuMaxHeadDim];
     for (int j = j0; j < j1; ++j) {
       float* kr = k + std::size_t(j - j0) * dp;
       load_row<V>(kk + p.k_layout.offset(b, j, hkv), kr, d, 1.0f);
@@ -226,7 +226,7 @@ struct FlashBackward {
     const float* partials = ws + plan.dq + base * plan.chunks * dp;
     const std::size_t chunk_stride = std::size_t(sq) * G * dp;
     T* dq = static_cast<T*>(p.dq);
-    float sum[256];  // d_pad <= 256: head dims are at most 256 and 256 is a panel multiple
+    float sum[detail::kCpuMaxHeadDim];  // d_pad <= the limit: it is a panel multiple
     for (int i = i0; i < i1; ++i)
       for (int g = 0; g < G; ++g) {
         const std::size_t r = std::size_t(i) * G + g;

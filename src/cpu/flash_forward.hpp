@@ -11,6 +11,8 @@
 //   across rows and the softmax needs no horizontal reductions):
 //     m' = max(m, max_j s), alpha = 2^(m - m'), p = 2^(s - m'), l = alpha l + sum_j p
 //   o (R x dv) = alpha o + p · V_tile                    -- gemm reading p^T transposed
+// Decode tiles (scores_by_dot) take run_tiles_direct instead: no f32 K / V tile copies, keys
+// outer and the unit's kv heads inner, K and V converted in registers (docs/PERF-cpu-decode.md).
 // Scores are in base 2 (log2(e) folded into the query scale, so exp is exp2). Computing s^T
 // instead of s avoids transposing every K tile: only the query tile is transposed, once per
 // unit, and it is reused by every key tile.
@@ -121,7 +123,7 @@ struct FlashForward {
   void load_query_tile(const ForwardUnit& u, const HeadTile& h, float query_scale) const {
     const int G = plan.group, d = p.head_dim, ld = plan.rows_pad;
     const T* q = static_cast<const T*>(p.q);
-    float row[256];
+    float row[detail::kCpuMaxHeadDim];
     for (int i = u.i0; i < u.i1; ++i)
       for (int g = 0; g < G; ++g) {
         const int r = (i - u.i0) * G + g;
@@ -188,6 +190,151 @@ struct FlashForward {
     }
   }
 
+  /// Decode tiles (scores_by_dot: a few rows per kv head) skip the f32 K / V staging: K and V
+  /// rows are read where they lie, converted in registers, and the unit sweeps keys in the
+  /// outer loop and its kv heads in the inner one, so each key's rows of all the unit's heads
+  /// (adjacent in memory) are one unit-stride run, and a page of a paged cache is one long run
+  /// the hardware prefetchers follow. Pages are scattered, so each key also prefetches the run
+  /// of the key kPrefetchKeys ahead (the next page's rows as soon as its id is known).
+  static constexpr int kPrefetchKeys = 16;
+
+  /// Prefetches bytes [0, n) from `run`, one request per cache line.
+  static void prefetch_run(const T* run, int n) {
+    constexpr int kLine = 64;
+    const char* c = reinterpret_cast<const char*>(run);
+    for (int e = 0; e < n * int(sizeof(T)); e += kLine) __builtin_prefetch(c + e);
+  }
+
+  /// s(j, row0 + r) = k_j . q_(row0 + r), r < N, K converted in registers once for the N rows.
+  /// N is a constant so the accumulators stay in registers; two chains per row (FMA latency,
+  /// not throughput, would bound one).
+  template <int N>
+  void dot_rows(const T* kj, const float* q0, float* sj) const {
+    const int d = p.head_dim;
+    V acc[N], acc2[N];
+    for (int r = 0; r < N; ++r) acc[r] = acc2[r] = V::zero();
+    int e = 0;
+    for (; e + 2 * V::width <= d; e += 2 * V::width) {
+      const V kv = V::load(kj + e), kv2 = V::load(kj + e + V::width);
+      for (int r = 0; r < N; ++r) {
+        acc[r] = V::fma(kv, V::load(q0 + std::ptrdiff_t(r) * d + e), acc[r]);
+        acc2[r] = V::fma(kv2, V::load(q0 + std::ptrdiff_t(r) * d + e + V::width), acc2[r]);
+      }
+    }
+    for (; e < d; e += V::width) {
+      const int m = d - e < V::width ? d - e : V::width;
+      const V kv = V::load_n(kj + e, m);
+      for (int r = 0; r < N; ++r) acc[r] = V::fma(kv, V::load_n(q0 + std::ptrdiff_t(r) * d + e, m), acc[r]);
+    }
+    for (int r = 0; r < N; ++r) sj[r] = (acc[r] + acc2[r]).reduce_add();
+  }
+
+  /// s(j, row) for key j of one head, rows four at a time.
+  void dot_scores_direct(const T* kj, const HeadTile& h, int rows, float* sj) const {
+    const int d = p.head_dim;
+    int r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4) dot_rows<4>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+    switch (rows - r0) {
+      case 3: return dot_rows<3>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+      case 2: return dot_rows<2>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+      case 1: return dot_rows<1>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
+      default: return;
+    }
+  }
+
+  /// o(row) += sum_j p(j, row) v_j over N keys of one head, V rows at vj[j] converted in
+  /// registers. Several keys per pass so each o vector is loaded and stored once per N fma (a
+  /// store per fma would bound the loop), and each V vector is converted once for all rows.
+  static constexpr int kPvKeys = 4;
+  template <int N>
+  void accumulate_pv_direct(const T* const* vj, const HeadTile& h, int rows, const float* pj) const {
+    const int dv = p.head_dim_v, dvp = plan.dv_pad, rp = plan.rows_pad;
+    for (int e = 0; e < dv; e += V::width) {
+      const int m = dv - e < V::width ? dv - e : V::width;
+      V vv[N];
+      for (int j = 0; j < N; ++j) vv[j] = m == V::width ? V::load(vj[j] + e) : V::load_n(vj[j] + e, m);
+      for (int r = 0; r < rows; ++r) {
+        float* o = h.o + std::ptrdiff_t(r) * dvp + e;
+        V acc = V::load(o);
+        for (int j = 0; j < N; ++j) acc = V::fma(V::set1(pj[std::ptrdiff_t(j) * rp + r]), vv[j], acc);
+        acc.store(o);
+      }
+    }
+  }
+
+  /// run_tiles for decode tiles: per key tile, scores of every head of the unit key by key,
+  /// the online softmax per head, then P V key by key. Each head keeps its own score tile.
+  void run_tiles_direct(const ForwardUnit& u, int lo, int hi, int tile_begin, int tile_end) const {
+    constexpr int Bc = ForwardPlan::kKeyBlock;
+    const int rp = plan.rows_pad;
+    const T* k = static_cast<const T*>(p.k);
+    const T* v = static_cast<const T*>(p.v);
+    // The unit's heads are adjacent in every cache layout: one run of heads * dim values per
+    // key. Other head strides prefetch the first head's row only.
+    const int k_run = p.k_layout.head_stride == p.head_dim ? u.heads * p.head_dim : p.head_dim;
+    const int v_run = p.v_layout.head_stride == p.head_dim_v ? u.heads * p.head_dim_v : p.head_dim_v;
+    const int first = lo / Bc * Bc;
+    const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
+    HeadTile heads[ForwardPlan::kMaxHeadsPerUnit];
+    GroupMask masks[ForwardPlan::kMaxHeadsPerUnit];
+    detail::TileKind kinds[ForwardPlan::kMaxHeadsPerUnit];
+    for (int index = 0; index < u.heads; ++index) {
+      heads[index] = head_tile(u, index);
+      masks[index] = group_mask(p, u.seqlen_q, u.seqlen_k, heads[index].hkv);
+    }
+    for (int t = tile_begin; t < tile_end; ++t) {
+      const int j0 = first + t * Bc > lo ? first + t * Bc : lo;
+      const int j1 = first + (t + 1) * Bc < hi ? first + (t + 1) * Bc : hi;
+      if (j0 >= j1) continue;
+      const int keys = j1 - j0;
+      bool any = false;
+      for (int index = 0; index < u.heads; ++index) {
+        kinds[index] = classify_group_tile(masks[index], u.i0, u.i1, j0, j1);
+        any = any || kinds[index] != detail::TileKind::empty;
+      }
+      if (!any) continue;
+      for (int j = j0; j < j1; ++j) {
+        if (j + kPrefetchKeys < range_end) prefetch_run(k + p.k_layout.offset(u.b, j + kPrefetchKeys, u.hkv0), k_run);
+        const T* kj = k + p.k_layout.offset(u.b, j, u.hkv0);
+        for (int index = 0; index < u.heads; ++index)
+          if (kinds[index] != detail::TileKind::empty)
+            dot_scores_direct(kj + index * p.k_layout.head_stride, heads[index], u.rows,
+                              u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp);
+      }
+      for (int index = 0; index < u.heads; ++index) {
+        if (kinds[index] == detail::TileKind::empty) continue;
+        float* s = u.s + std::ptrdiff_t(index) * Bc * rp;
+        for (int j = 0; j < keys; ++j)
+          for (int r = u.rows; r < rp; ++r) s[std::ptrdiff_t(j) * rp + r] = 0.0f;
+        if (p.softcap > 0.0f) soft_cap(s, keys);
+        if (kinds[index] == detail::TileKind::partial) mask_group_tile(masks[index], u.i0, u.i1, j0, j1, s, rp);
+        online_softmax(u, heads[index], keys, s);
+        rescale_output(u, heads[index]);
+      }
+      // V of the first keys of the tile was not prefetched while the scores ran: ask now.
+      for (int j = j0; j < j1 && j < j0 + kPrefetchKeys; ++j) prefetch_run(v + p.v_layout.offset(u.b, j, u.hkv0), v_run);
+      for (int j = j0; j < j1; j += kPvKeys) {
+        const int n = j1 - j < kPvKeys ? j1 - j : kPvKeys;
+        const T* vj[kPvKeys];
+        for (int c = 0; c < n; ++c) {
+          if (j + c + kPrefetchKeys < j1) prefetch_run(v + p.v_layout.offset(u.b, j + c + kPrefetchKeys, u.hkv0), v_run);
+          vj[c] = v + p.v_layout.offset(u.b, j + c, u.hkv0);
+        }
+        for (int index = 0; index < u.heads; ++index) {
+          if (kinds[index] == detail::TileKind::empty) continue;
+          const T* vh[kPvKeys];
+          for (int c = 0; c < n; ++c) vh[c] = vj[c] + index * p.v_layout.head_stride;
+          const float* pj = u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp;
+          if (n == kPvKeys)
+            accumulate_pv_direct<kPvKeys>(vh, heads[index], u.rows, pj);
+          else
+            for (int c = 0; c < n; ++c)
+              accumulate_pv_direct<1>(vh + c, heads[index], u.rows, pj + std::ptrdiff_t(c) * rp);
+        }
+      }
+    }
+  }
+
   /// s = cap * log2(e) * tanh(s / cap) on the first `keys` rows of the score tile.
   void soft_cap(float* s, int keys) const {
     const V inv_cap = V::set1(1.0f / p.softcap), cap = V::set1(p.softcap * kLog2e);
@@ -199,19 +346,19 @@ struct FlashForward {
   /// Online softmax over one score tile (keys x Rp, key-major), probabilities written in place.
   /// A row whose maximum is still -inf uses 0 as its reference, so 2^(-inf - ref) = 0 and
   /// never NaN; its alpha is 0 too (its o and l are 0 anyway).
-  void online_softmax(const ForwardUnit& u, const HeadTile& h, int keys) const {
+  void online_softmax(const ForwardUnit& u, const HeadTile& h, int keys, float* s) const {
     const int ld = plan.rows_pad;
     const V minus_inf = V::set1(kMinusInf), zero = V::zero();
     for (int c = 0; c < ld; c += V::width) {
       V tile_max = minus_inf;
-      for (int j = 0; j < keys; ++j) tile_max = V::max(tile_max, V::load(u.s + std::ptrdiff_t(j) * ld + c));
+      for (int j = 0; j < keys; ++j) tile_max = V::max(tile_max, V::load(s + std::ptrdiff_t(j) * ld + c));
       const V old_max = V::load(h.row_max + c);
       const V new_max = V::max(old_max, tile_max);
       const V reference = V::select_equal(new_max, minus_inf, zero, new_max);
       const V alpha = V::exp2(old_max - reference);
       V sum = zero;
       for (int j = 0; j < keys; ++j) {
-        float* sj = u.s + std::ptrdiff_t(j) * ld + c;
+        float* sj = s + std::ptrdiff_t(j) * ld + c;
         const V prob = V::exp2(V::load(sj) - reference);
         prob.store(sj);
         sum = sum + prob;
@@ -261,7 +408,7 @@ struct FlashForward {
           gemm<V, false, false, 1>(keys, rp, d, u.k, d, h.q_t, rp, u.s, rp);
         if (p.softcap > 0.0f) soft_cap(u.s, keys);
         if (kind == detail::TileKind::partial) mask_group_tile(gm, u.i0, u.i1, j0, j1, u.s, rp);
-        online_softmax(u, h, keys);
+        online_softmax(u, h, keys, u.s);
         rescale_output(u, h);
         gemm<V, true, true>(u.rows, dvp, keys, u.s, rp, u.v, dvp, h.o, dvp);
       }
@@ -348,7 +495,12 @@ struct FlashForward {
       fill<V>(h.row_sum, std::size_t(plan.rows_pad), 0.0f);
       if (tile_begin < tile_end) load_query_tile(u, h, query_scale);
     }
-    if (tile_begin < tile_end) run_tiles(u, lo, hi, tile_begin, tile_end);
+    if (tile_begin < tile_end) {
+      if (plan.scores_by_dot)
+        run_tiles_direct(u, lo, hi, tile_begin, tile_end);
+      else
+        run_tiles(u, lo, hi, tile_begin, tile_end);
+    }
 
     const int dv = p.head_dim_v;
     float* partial_o = reinterpret_cast<float*>(workspace) + plan.partial_o;

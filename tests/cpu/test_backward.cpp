@@ -380,5 +380,23 @@ TEST(CpuBackward, WorkspaceSizedForFewerThreads) {
   expect_close(dv, ref_dv, 1e-5, 0.0, "dv");
 }
 
+// Head dims past 256 (the CPU limit is 576, src/problem.hpp): the per-row stack buffers.
+TEST(CpuBackward, WideHeadDims) {
+  Case c;
+  c.heads_q = 4;
+  c.heads_kv = 1;
+  c.seqlen_q = 20;
+  c.seqlen_k = 75;
+  c.head_dim = 320;
+  c.head_dim_v = 320;
+  c.mask.causal = true;
+  run_case(c);
+  Case mla = c;
+  mla.seqlen_q = 9;
+  mla.head_dim = 576;
+  mla.head_dim_v = 512;
+  run_case(mla);
+}
+
 }  // namespace
 }  // namespace attn

@@ -569,5 +569,29 @@ TEST(CpuForward, RejectsASmallWorkspace) {
   EXPECT_THROW(attention_forward(a, {ws.data(), ws.size()}, Backend::cpu), Error);
 }
 
+// MLA's absorbed decode attends over the latent cache: one kv head of 576 (kv_lora_rank 512 +
+// rope 64) with values of 512, every query head sharing it (MQA). Decode (split-KV over a
+// long context) and a short causal prefill, in f32 and bf16.
+TEST(CpuForward, MlaAbsorbedHeadDims576And512) {
+  for (DType dt : {DType::f32, DType::bf16}) {
+    Case decode;
+    decode.batch = 2;
+    decode.heads_q = 16;
+    decode.heads_kv = 1;
+    decode.seqlen_q = 1;
+    decode.seqlen_k = 700;
+    decode.head_dim = 576;
+    decode.head_dim_v = 512;
+    decode.dtype = dt;
+    decode.mask.causal = true;
+    run_case(decode);
+    Case prefill = decode;
+    prefill.batch = 1;
+    prefill.seqlen_q = 6;
+    prefill.seqlen_k = 45;
+    run_case(prefill);
+  }
+}
+
 }  // namespace
 }  // namespace attn
