@@ -22,18 +22,17 @@ namespace attn::cuda::mla {
 
 inline constexpr int kHeadDim = 576;   ///< scores: [c_kv (512) ; k_rope (64)]
 inline constexpr int kHeadDimV = 512;  ///< values: c_kv
-/// A CTA owns 64 (query, head) rows and walks its split of the keys 32 at a time, so each K
-/// tile read from memory serves 64 heads. 12 warps in two roles that overlap (mla_decode.cuh):
-/// 4 score warps (16 rows each) and 8 output warps (64 value columns each).
+/// A CTA owns 64 (query, head) rows and walks its split of the keys 64 at a time, so each K
+/// tile read from memory serves 64 heads. 8 warps: 4 compute the scores (32 x 32 each), all 8
+/// accumulate the output (64 rows x 64 value columns each); see mla_decode.cuh.
 inline constexpr int kBlockM = 64;
-inline constexpr int kBlockN = 32;
-inline constexpr int kScoreWarps = 4;
-inline constexpr int kOutputWarps = 8;
-inline constexpr int kThreads = 32 * (kScoreWarps + kOutputWarps);
-inline constexpr int kStages = 3;  ///< K tiles in shared memory: scored, multiplied by P, landing
-/// Q (64 x 576), K (3 x 32 x 576), P (2 x 64 x 32) in the storage type, plus f32 per-row
-/// rescale factors (2 x 64) and 1 / row sums (64): 193,280 bytes.
-inline constexpr int kSmemBytes = (kBlockM * kHeadDim + kStages * kBlockN * kHeadDim + 2 * kBlockM * kBlockN) * 2 +
+inline constexpr int kBlockN = 64;
+inline constexpr int kWarps = 8;
+inline constexpr int kThreads = 32 * kWarps;
+/// Q (64 x 576), K in two stages (2 x 64 x 576), P (64 x 64), in the storage type, plus f32
+/// per-row slots (two key halves' maxima or sums, one rescale factor): 230,144 bytes, under
+/// sm_90's 227 KB (232,448).
+inline constexpr int kSmemBytes = (kBlockM * kHeadDim + 2 * kBlockN * kHeadDim + kBlockM * kBlockN) * 2 +
                                   3 * kBlockM * int(sizeof(float));
 inline constexpr int kMaxSplits = 64;
 
@@ -114,10 +113,9 @@ inline DecodePlan plan_decode(const detail::AttentionProblem& p) {
   d.m_blocks = int((rows + kBlockM - 1) / kBlockM);
   ATTN_CHECK(d.m_blocks <= 65535, "q: seqlen_q * heads_q = ", rows, " is too many rows for the cuda MLA decode");
   d.scale_log2 = p.scale * 1.4426950408889634f;
-  // One CTA per SM (its shared memory and registers allow no second), so the grid runs in
-  // waves of `sms` CTAs. Split the keys as little as keeps the SMs 90% busy over the waves
-  // (each split costs an f32 partial and the combine): 128 CTAs on 132 SMs stay whole, 8 CTAs
-  // split 15 ways.
+  // One CTA per SM (its shared memory allows no second), so the grid runs in waves of `sms`
+  // CTAs. Split the keys as little as keeps the SMs 90% busy over the waves (each split costs
+  // an f32 partial and the combine): 128 CTAs on 132 SMs stay whole, 8 CTAs split 15 ways.
   const std::int64_t ctas = std::int64_t(d.m_blocks) * p.batch;
   const std::int64_t key_tiles = (std::int64_t(p.seqlen_k) + kBlockN - 1) / kBlockN;
   const std::int64_t most = std::clamp<std::int64_t>(key_tiles, 1, kMaxSplits);
