@@ -331,43 +331,34 @@ TEST(Mla, SplitKvBProjTakesEachHeadsKeyThenValueRows) {
   EXPECT_THROW(modules::split_kv_b_proj(random_linear(14, 4), c), Error);
 }
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 TEST(Mla, BadConfigsAndWeightsNameTheArgument) {
   MLAConfig c = MLAConfig::deepseek_v2_lite();
   c.qk_rope_head_dim = 3;
-  EXPECT_NE(error_of([&] { c.check(); }).find("qk_rope_head_dim"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { c.check(); }).find("qk_rope_head_dim"), std::string::npos);
   c = MLAConfig::deepseek_v2_lite();
   c.kv_lora_rank = 0;
-  EXPECT_NE(error_of([&] { c.check(); }).find("kv_lora_rank"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { c.check(); }).find("kv_lora_rank"), std::string::npos);
   c = MLAConfig::deepseek_v2_lite();
   c.q_lora_rank = -1;
-  EXPECT_NE(error_of([&] { c.check(); }).find("q_lora_rank"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { c.check(); }).find("q_lora_rank"), std::string::npos);
 
   const MLAConfig small{.d_model = 16, .heads = 2, .q_lora_rank = 0, .kv_lora_rank = 8, .qk_nope_head_dim = 8,
                         .qk_rope_head_dim = 4, .v_head_dim = 8};
   modules::MLAWeights w = random_mla(small).weights();
   w.k_up.bias = test::randn({16}, DType::f32);
-  EXPECT_NE(error_of([&] { MultiHeadLatentAttention(small, w); }).find("k_up.bias"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { MultiHeadLatentAttention(small, w); }).find("k_up.bias"), std::string::npos);
   w = random_mla(small).weights();
   w.v_up = random_linear(8, 8);
-  EXPECT_NE(error_of([&] { MultiHeadLatentAttention(small, w); }).find("v_up.weight"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { MultiHeadLatentAttention(small, w); }).find("v_up.weight"), std::string::npos);
   const MultiHeadLatentAttention layer = random_mla(small);
   modules::ContiguousLatentCache wrong(1, 8, 16, 4);
   const Tensor x = test::randn({1, 2, 16}, DType::f32);
-  EXPECT_NE(error_of([&] { layer.forward(x, {}, Backend::reference, &wrong); }).find("cache"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { layer.forward(x, {}, Backend::reference, &wrong); }).find("cache"), std::string::npos);
   modules::ContiguousLatentCache cache = layer.make_cache(1, 8);
   AttentionParams bad;
   bad.mask.dilation = -1;
   for (MLAPath path : {MLAPath::expanded, MLAPath::absorbed}) {
-    EXPECT_NE(error_of([&] { layer.forward(x, bad, Backend::reference, &cache, path); }).find("dilation"),
+    EXPECT_NE(test::error_of([&] { layer.forward(x, bad, Backend::reference, &cache, path); }).find("dilation"),
               std::string::npos);
     EXPECT_EQ(cache.seqlen(0), 0) << "a failed call leaves the cache as it was";
   }
