@@ -20,23 +20,9 @@ int main(int argc, char** argv) {
   int B = 1, H = 8, Hkv = 0, S = 4096, D = 128, reps = 3, sgemm = 0;
   bool causal = false;
   std::string dtype = "f32";
-  for (int i = 1; i < argc; ++i) {
-    auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "missing value\n"), std::exit(2), ""); };
-    const std::string a = argv[i];
-    if (a == "--b") B = std::atoi(next());
-    else if (a == "--h") H = std::atoi(next());
-    else if (a == "--hkv") Hkv = std::atoi(next());
-    else if (a == "--s") S = std::atoi(next());
-    else if (a == "--d") D = std::atoi(next());
-    else if (a == "--causal") causal = true;
-    else if (a == "--dtype") dtype = next();
-    else if (a == "--reps") reps = std::atoi(next());
-    else if (a == "--sgemm") sgemm = std::atoi(next());
-    else {
-      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
-      return 2;
-    }
-  }
+  attn::bench::parse_flags(argc, argv,
+                           {{"--b", &B}, {"--h", &H}, {"--hkv", &Hkv}, {"--s", &S}, {"--d", &D}, {"--causal", &causal},
+                            {"--dtype", &dtype}, {"--reps", &reps}, {"--sgemm", &sgemm}});
   if (Hkv == 0) Hkv = H;
   const attn::DType dt = attn::parse_dtype(dtype);
   attn::Tensor q({B, S, H, D}, dt), k({B, S, Hkv, D}, dt), v({B, S, Hkv, D}, dt), out({B, S, H, D}, dt);

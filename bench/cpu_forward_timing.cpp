@@ -36,26 +36,10 @@ int main(int argc, char** argv) {
   int B = 1, H = 8, Hkv = 0, Sq = 0, Sk = 4096, D = 128, window = -1, reps = 5, sgemm = 0;
   bool causal = false, huge_pages = false;
   std::string dtype = "f32";
-  for (int i = 1; i < argc; ++i) {
-    auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "missing value\n"), std::exit(2), ""); };
-    const std::string a = argv[i];
-    if (a == "--b") B = std::atoi(next());
-    else if (a == "--h") H = std::atoi(next());
-    else if (a == "--hkv") Hkv = std::atoi(next());
-    else if (a == "--sq") Sq = std::atoi(next());
-    else if (a == "--s") Sk = std::atoi(next());
-    else if (a == "--d") D = std::atoi(next());
-    else if (a == "--causal") causal = true;
-    else if (a == "--huge-pages") huge_pages = true;
-    else if (a == "--window") window = std::atoi(next());
-    else if (a == "--dtype") dtype = next();
-    else if (a == "--reps") reps = std::atoi(next());
-    else if (a == "--sgemm") sgemm = std::atoi(next());
-    else {
-      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
-      return 2;
-    }
-  }
+  attn::bench::parse_flags(argc, argv,
+                           {{"--b", &B}, {"--h", &H}, {"--hkv", &Hkv}, {"--sq", &Sq}, {"--s", &Sk}, {"--d", &D},
+                            {"--causal", &causal}, {"--huge-pages", &huge_pages}, {"--window", &window},
+                            {"--dtype", &dtype}, {"--reps", &reps}, {"--sgemm", &sgemm}});
   if (Hkv == 0) Hkv = H;
   if (Sq == 0) Sq = Sk;
   const attn::DType dt = attn::parse_dtype(dtype);

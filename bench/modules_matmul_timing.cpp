@@ -1,9 +1,10 @@
 // Times the layers' projection y = x W^T + b (src/modules/matmul.hpp), the product every
 // Linear, attention projection and MLA up-projection goes through.
 //
-//   modules_matmul_timing [--m ROWS] [--n OUT] [--k IN] [--reps N]
+//   modules_matmul_timing [--m ROWS] [--n OUT] [--k IN] [--reps N] [--sgemm N]
 //
-// Prints best and median wall seconds, GFLOP/s (2 * M * N * K) and the best CPU seconds.
+// Prints best and median wall seconds, GFLOP/s (2 * M * N * K) and the best CPU seconds, and
+// with --sgemm N an OpenBLAS N^3 SGEMM on the same threads as a ceiling.
 // Threads: ATTN_NUM_THREADS (the CPU backend's pool).
 #include <cstdio>
 #include <cstdlib>
@@ -16,19 +17,8 @@
 #include "timing_common.hpp"
 
 int main(int argc, char** argv) {
-  int M = 512, N = 2048, K = 2048, reps = 9;
-  for (int i = 1; i < argc; ++i) {
-    auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "missing value\n"), std::exit(2), ""); };
-    const std::string a = argv[i];
-    if (a == "--m") M = std::atoi(next());
-    else if (a == "--n") N = std::atoi(next());
-    else if (a == "--k") K = std::atoi(next());
-    else if (a == "--reps") reps = std::atoi(next());
-    else {
-      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
-      return 2;
-    }
-  }
+  int M = 512, N = 2048, K = 2048, reps = 9, sgemm = 0;
+  attn::bench::parse_flags(argc, argv, {{"--m", &M}, {"--n", &N}, {"--k", &K}, {"--reps", &reps}, {"--sgemm", &sgemm}});
   attn::Tensor x({M, K}, attn::DType::f32), w({N, K}, attn::DType::f32), b({N}, attn::DType::f32);
   attn::Tensor y({M, N}, attn::DType::f32);
   attn::bench::fill_random(x, 1);
@@ -41,5 +31,6 @@ int main(int argc, char** argv) {
               "cpu %.4f s\n",
               attn::cpu::isa_name(attn::cpu::active_isa()), attn::cpu::num_threads(), M, N, K, s.best, s.median,
               2.0 * M * N * double(K) / s.median * 1e-9, s.cpu_best);
+  attn::bench::print_sgemm_ceiling(sgemm, reps);
   return 0;
 }

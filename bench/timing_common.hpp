@@ -4,7 +4,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
+#include <initializer_list>
+#include <string>
+#include <variant>
 #include <vector>
 
 #include "attn/tensor.hpp"
@@ -15,6 +19,34 @@
 #endif
 
 namespace attn::bench {
+
+/// A command-line flag: "--name VALUE" into an int or a string, or a bare "--name" setting a bool.
+struct Flag {
+  const char* name;
+  std::variant<int*, std::string*, bool*> target;
+};
+
+/// Sets the flags' targets from argv; an unknown flag or a missing value exits with status 2.
+inline void parse_flags(int argc, char** argv, std::initializer_list<Flag> flags) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const Flag* flag = std::find_if(flags.begin(), flags.end(), [&](const Flag& f) { return a == f.name; });
+    if (flag == flags.end()) {
+      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+      std::exit(2);
+    }
+    if (bool* const* on = std::get_if<bool*>(&flag->target)) {
+      **on = true;
+      continue;
+    }
+    if (++i == argc) {
+      std::fprintf(stderr, "missing value for %s\n", a.c_str());
+      std::exit(2);
+    }
+    if (int* const* n = std::get_if<int*>(&flag->target)) **n = std::atoi(argv[i]);
+    else **std::get_if<std::string*>(&flag->target) = argv[i];
+  }
+}
 
 /// Uniform values in [-0.5, 0.5) from a linear congruential generator: cheap enough for
 /// tensors of gigabytes, and the same on every run.
