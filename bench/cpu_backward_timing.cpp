@@ -7,91 +7,31 @@
 // 2.5 x the forward's 4 * Sq * Sk_visited * D per head (masked-out work is not counted), and
 // with --sgemm N an OpenBLAS N^3 SGEMM on the same threads as the ceiling to compare with.
 // The forward's out and lse come from the CPU forward, run once before timing.
-#include <algorithm>
-#include <chrono>
-#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <vector>
 
 #include "attn/attention.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
-
-#if defined(ATTN_HAVE_CBLAS)
-#include <cblas.h>
-#endif
-
-namespace {
-
-void fill_random(attn::Tensor& t, unsigned seed) {
-  unsigned state = seed;
-  for (std::int64_t i = 0; i < t.numel(); ++i) {
-    state = state * 1664525u + 1013904223u;
-    attn::write_element(t, i, double(state >> 8) / double(1u << 24) - 0.5);
-  }
-}
-
-double process_cpu_seconds() {
-  timespec t{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
-}
-
-/// Wall seconds (best, median) and the best CPU seconds of the process per run: on a shared,
-/// loaded machine CPU time moves far less than wall time, so A/B comparisons use it.
-struct Stats {
-  double best, median, cpu_best;
-};
-
-template <class F>
-Stats time_runs(int reps, F&& run) {
-  run();  // warm-up: page faults, pool start-up
-  std::vector<double> t, c;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const double c0 = process_cpu_seconds();
-    run();
-    c.push_back(process_cpu_seconds() - c0);
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return {t.front(), t[t.size() / 2], *std::min_element(c.begin(), c.end())};
-}
-
-}  // namespace
+#include "timing_common.hpp"
 
 int main(int argc, char** argv) {
   int B = 1, H = 8, Hkv = 0, S = 4096, D = 128, reps = 3, sgemm = 0;
   bool causal = false;
   std::string dtype = "f32";
-  for (int i = 1; i < argc; ++i) {
-    auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "missing value\n"), std::exit(2), ""); };
-    const std::string a = argv[i];
-    if (a == "--b") B = std::atoi(next());
-    else if (a == "--h") H = std::atoi(next());
-    else if (a == "--hkv") Hkv = std::atoi(next());
-    else if (a == "--s") S = std::atoi(next());
-    else if (a == "--d") D = std::atoi(next());
-    else if (a == "--causal") causal = true;
-    else if (a == "--dtype") dtype = next();
-    else if (a == "--reps") reps = std::atoi(next());
-    else if (a == "--sgemm") sgemm = std::atoi(next());
-    else {
-      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
-      return 2;
-    }
-  }
+  attn::bench::parse_flags(argc, argv,
+                           {{"--b", &B}, {"--h", &H}, {"--hkv", &Hkv}, {"--s", &S}, {"--d", &D}, {"--causal", &causal},
+                            {"--dtype", &dtype}, {"--reps", &reps}, {"--sgemm", &sgemm}});
   if (Hkv == 0) Hkv = H;
   const attn::DType dt = attn::parse_dtype(dtype);
   attn::Tensor q({B, S, H, D}, dt), k({B, S, Hkv, D}, dt), v({B, S, Hkv, D}, dt), out({B, S, H, D}, dt);
   attn::Tensor dout({B, S, H, D}, dt), dq({B, S, H, D}, dt), dk({B, S, Hkv, D}, dt), dv({B, S, Hkv, D}, dt);
   attn::Tensor lse({B, H, S}, attn::DType::f32);
-  fill_random(q, 1);
-  fill_random(k, 2);
-  fill_random(v, 3);
-  fill_random(dout, 4);
+  attn::bench::fill_random(q, 1);
+  attn::bench::fill_random(k, 2);
+  attn::bench::fill_random(v, 3);
+  attn::bench::fill_random(dout, 4);
   attn::ForwardArgs fwd{q, k, v, out, lse, {}, {}, {}};
   fwd.params.mask.causal = causal;
   attn::attention_forward(fwd, attn::Backend::cpu);
@@ -99,7 +39,8 @@ int main(int argc, char** argv) {
   attn::BackwardArgs args{q, k, v, out, dout, lse, dq, dk, dv, {}, {}, fwd.params};
   const std::size_t ws_bytes = attn::attention_backward_workspace_size(args, attn::Backend::cpu);
   attn::Tensor ws({std::int64_t(std::max<std::size_t>(ws_bytes, 1))}, attn::DType::u8);
-  const Stats s = time_runs(reps, [&] { attn::attention_backward(args, {ws.data(), ws_bytes}, attn::Backend::cpu); });
+  const attn::bench::Stats s =
+      attn::bench::time_runs(reps, [&] { attn::attention_backward(args, {ws.data(), ws_bytes}, attn::Backend::cpu); });
 
   const double visited = causal ? double(S) * (S + 1) / 2 : double(S) * S;
   const double flops = 2.5 * 4.0 * B * H * D * visited;
@@ -108,19 +49,6 @@ int main(int argc, char** argv) {
               attn::cpu::isa_name(attn::cpu::active_isa()), attn::cpu::num_threads(), B, H, Hkv, S, D, dtype.c_str(),
               causal ? " causal" : "", s.best, s.median, flops / s.best * 1e-9, s.cpu_best, double(ws_bytes) / (1 << 20));
 
-  if (sgemm > 0) {
-#if defined(ATTN_HAVE_CBLAS)
-    const int n = sgemm;
-    std::vector<float> a(std::size_t(n) * n, 0.5f), b(std::size_t(n) * n, 0.25f), c(std::size_t(n) * n);
-    openblas_set_num_threads(attn::cpu::num_threads());
-    const Stats g = time_runs(reps, [&] {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-    });
-    std::printf("openblas sgemm %d^3 threads=%d: best %.4f s, median %.4f s, %.1f GFLOP/s (best), cpu %.4f s\n", n,
-                attn::cpu::num_threads(), g.best, g.median, 2.0 * n * n * double(n) / g.best * 1e-9, g.cpu_best);
-#else
-    std::printf("openblas sgemm: not built (OpenBLAS was not found)\n");
-#endif
-  }
+  attn::bench::print_sgemm_ceiling(sgemm, reps);
   return 0;
 }

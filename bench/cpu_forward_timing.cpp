@@ -10,26 +10,17 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <vector>
 
 #include "attn/attention.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
-
-#if defined(ATTN_HAVE_CBLAS)
-#include <cblas.h>
-#endif
+#include "timing_common.hpp"
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 // Asks for transparent huge pages on a tensor's memory (with --huge-pages): K / V rows are
 // heads * dim apart, so with 4 KiB pages every row of a tile can cost a TLB miss.
@@ -39,58 +30,16 @@ void advise_huge_pages(const attn::Tensor& t) {
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
-void fill_random(attn::Tensor& t) {
-  unsigned state = 12345;
-  for (std::int64_t i = 0; i < t.numel(); ++i) {
-    state = state * 1664525u + 1013904223u;
-    attn::write_element(t, i, double(state >> 8) / double(1u << 24) - 0.5);
-  }
-}
-
-struct Stats {
-  double best, median;
-};
-
-template <class F>
-Stats time_runs(int reps, F&& run) {
-  run();  // warm-up: page faults, pool start-up
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    run();
-    t.push_back(seconds_since(t0));
-  }
-  std::sort(t.begin(), t.end());
-  return {t.front(), t[t.size() / 2]};
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   int B = 1, H = 8, Hkv = 0, Sq = 0, Sk = 4096, D = 128, window = -1, reps = 5, sgemm = 0;
   bool causal = false, huge_pages = false;
   std::string dtype = "f32";
-  for (int i = 1; i < argc; ++i) {
-    auto next = [&] { return i + 1 < argc ? argv[++i] : (std::fprintf(stderr, "missing value\n"), std::exit(2), ""); };
-    const std::string a = argv[i];
-    if (a == "--b") B = std::atoi(next());
-    else if (a == "--h") H = std::atoi(next());
-    else if (a == "--hkv") Hkv = std::atoi(next());
-    else if (a == "--sq") Sq = std::atoi(next());
-    else if (a == "--s") Sk = std::atoi(next());
-    else if (a == "--d") D = std::atoi(next());
-    else if (a == "--causal") causal = true;
-    else if (a == "--huge-pages") huge_pages = true;
-    else if (a == "--window") window = std::atoi(next());
-    else if (a == "--dtype") dtype = next();
-    else if (a == "--reps") reps = std::atoi(next());
-    else if (a == "--sgemm") sgemm = std::atoi(next());
-    else {
-      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
-      return 2;
-    }
-  }
-  reps = std::max(reps, 1);
+  attn::bench::parse_flags(argc, argv,
+                           {{"--b", &B}, {"--h", &H}, {"--hkv", &Hkv}, {"--sq", &Sq}, {"--s", &Sk}, {"--d", &D},
+                            {"--causal", &causal}, {"--huge-pages", &huge_pages}, {"--window", &window},
+                            {"--dtype", &dtype}, {"--reps", &reps}, {"--sgemm", &sgemm}});
   if (Hkv == 0) Hkv = H;
   if (Sq == 0) Sq = Sk;
   const attn::DType dt = attn::parse_dtype(dtype);
@@ -98,9 +47,10 @@ int main(int argc, char** argv) {
   attn::Tensor lse({B, H, Sq}, attn::DType::f32);
   if (huge_pages)
     for (const attn::Tensor* t : {&q, &k, &v, &out}) advise_huge_pages(*t);
-  fill_random(q);
-  fill_random(k);
-  fill_random(v);
+  // One seed for all three (q = k = v), as in the figures of docs/PERF-cpu-forward.md.
+  attn::bench::fill_random(q, 12345);
+  attn::bench::fill_random(k, 12345);
+  attn::bench::fill_random(v, 12345);
   attn::ForwardArgs args{q, k, v, out, lse, {}, {}, {}};
   args.params.mask.causal = causal;
   if (window >= 0) {
@@ -109,7 +59,8 @@ int main(int argc, char** argv) {
   }
   const std::size_t ws_bytes = attn::attention_forward_workspace_size(args, attn::Backend::cpu);
   attn::Tensor ws({std::int64_t(std::max<std::size_t>(ws_bytes, 1))}, attn::DType::u8);
-  const Stats s = time_runs(reps, [&] { attn::attention_forward(args, {ws.data(), ws_bytes}, attn::Backend::cpu); });
+  const attn::bench::Stats s =
+      attn::bench::time_runs(reps, [&] { attn::attention_forward(args, {ws.data(), ws_bytes}, attn::Backend::cpu); });
 
   // Keys each query visits: all, the causal prefix, or the window.
   double visited = 0;
@@ -135,19 +86,6 @@ int main(int argc, char** argv) {
               dtype.c_str(), causal ? " causal" : "", window >= 0 ? (" window=" + std::to_string(window)).c_str() : "",
               s.best, s.median, flops / s.best * 1e-9, double(ws_bytes) / (1 << 20), double(ru.ru_maxrss) / 1024);
 
-  if (sgemm > 0) {
-#if defined(ATTN_HAVE_CBLAS)
-    const int n = sgemm;
-    std::vector<float> a(std::size_t(n) * n, 0.5f), b(std::size_t(n) * n, 0.25f), c(std::size_t(n) * n);
-    openblas_set_num_threads(attn::cpu::num_threads());
-    const Stats g = time_runs(reps, [&] {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
-    });
-    std::printf("openblas sgemm %d^3 threads=%d: best %.4f s, median %.4f s, %.1f GFLOP/s (best)\n", n,
-                attn::cpu::num_threads(), g.best, g.median, 2.0 * n * n * double(n) / g.best * 1e-9);
-#else
-    std::printf("openblas sgemm: not built (OpenBLAS was not found)\n");
-#endif
-  }
+  attn::bench::print_sgemm_ceiling(sgemm, reps);
   return 0;
 }

@@ -73,13 +73,23 @@ void device_free(Device device, void* ptr) {
 
 }  // namespace detail
 
-double read_element(const TensorView& t, std::int64_t flat) {
+namespace {
+
+// Elements from the start of the view to row-major element `flat` of its shape, through its strides.
+std::int64_t element_offset(const TensorView& t, std::int64_t flat) {
   std::int64_t off = 0;
   for (int d = t.ndim - 1; d >= 0; --d) {
     const std::int64_t n = t.shape[std::size_t(d)];
     off += (flat % n) * t.stride[std::size_t(d)];
     flat /= n;
   }
+  return off;
+}
+
+}  // namespace
+
+double read_element(const TensorView& t, std::int64_t flat) {
+  const std::int64_t off = element_offset(t, flat);
   switch (t.dtype) {
     case DType::f32: return t.as<float>()[off];
     case DType::f16: return to_float(t.as<half_t>()[off]);
@@ -92,12 +102,7 @@ double read_element(const TensorView& t, std::int64_t flat) {
 }
 
 void write_element(const TensorView& t, std::int64_t flat, double value) {
-  std::int64_t off = 0;
-  for (int d = t.ndim - 1; d >= 0; --d) {
-    const std::int64_t n = t.shape[std::size_t(d)];
-    off += (flat % n) * t.stride[std::size_t(d)];
-    flat /= n;
-  }
+  const std::int64_t off = element_offset(t, flat);
   switch (t.dtype) {
     case DType::f32: t.as<float>()[off] = float(value); break;
     case DType::f16: t.as<half_t>()[off] = to_half(float(value)); break;

@@ -21,6 +21,8 @@ struct Kernels {
   void (*gemm)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                bool accumulate, bool transpose_a);
   int gemm_panel;
+  /// C (M x N) = A (M x K) · B^T, B stored N x K; the unpacked form for few rows (simd/gemm.hpp).
+  void (*gemm_abt)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
   /// Floats per SIMD vector (the one-vector panel, for narrow products).
   int vector_width;
   /// y[i] = 2^x[i] with the ISA's Vec::exp2 (tests measure its accuracy).

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "modules/parallel_for.hpp"
+#include "cpu/thread_pool.hpp"
 #include "modules/tensor_util.hpp"
 
 namespace attn::modules {
@@ -81,38 +81,38 @@ void linear_attention(const TensorView& q, const TensorView& k, const TensorView
   const Dims n = check_args(q, k, v, out);
   const int group = n.heads / n.heads_kv;
   // One task is a pass over Sk keys and Sq queries of D x Dv work; ask for ~64K multiply-adds
-  // per thread so small problems do not pay for starting threads.
+  // per thread so small problems do not wake the pool.
+  const std::int64_t tasks = std::int64_t(n.batch) * n.heads_kv;
   const std::int64_t task_work = std::int64_t(n.seqlen_k + n.seqlen_q * group) * n.head_dim * n.head_dim_v;
-  const std::int64_t grain = std::max<std::int64_t>(1, (std::int64_t(1) << 16) / std::max<std::int64_t>(1, task_work));
-  detail::parallel_for(std::int64_t(n.batch) * n.heads_kv, grain, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> state(std::size_t(n.head_dim) * std::size_t(n.head_dim_v)), normaliser(std::size_t(n.head_dim));
-    std::vector<float> scratch(std::size_t(n.head_dim));
-    for (std::int64_t task = begin; task < end; ++task) {
-      const int b = int(task / n.heads_kv), hk = int(task % n.heads_kv);
-      std::fill(state.begin(), state.end(), 0.0f);
-      std::fill(normaliser.begin(), normaliser.end(), 0.0f);
-      const auto emit = [&](int i, bool empty) {
-        for (int h = hk * group; h < (hk + 1) * group; ++h)
-          read_out(row(q, b, i, h), n.head_dim, n.head_dim_v, state.data(), normaliser.data(), empty,
-                   row_mut(out, b, i, h), scratch.data());
-      };
-      const auto add_key = [&](int j) {
-        accumulate(row(k, b, j, hk), row(v, b, j, hk), n.head_dim, n.head_dim_v, state.data(), normaliser.data(),
-                   scratch.data());
-      };
-      if (!causal) {
-        for (int j = 0; j < n.seqlen_k; ++j) add_key(j);
-        for (int i = 0; i < n.seqlen_q; ++i) emit(i, n.seqlen_k == 0);
-        continue;
-      }
-      // Query i sees keys j <= i + Sk - Sq: emit it right after that key enters the prefix sums.
-      const int shift = n.seqlen_k - n.seqlen_q;
-      int next_key = 0;
-      for (int i = 0; i < n.seqlen_q; ++i) {
-        const int last = std::min(i + shift, n.seqlen_k - 1);
-        for (; next_key <= last; ++next_key) add_key(next_key);
-        emit(i, i + shift < 0);
-      }
+  const int threads = int(std::clamp<std::int64_t>(tasks * task_work >> 16, 1, cpu::num_threads()));
+  // Each thread's state, normaliser and scratch, allocated once per call.
+  const std::int64_t per_thread = std::int64_t(n.head_dim) * (n.head_dim_v + 2);
+  std::vector<float> buffers(std::size_t(per_thread * threads));
+  cpu::parallel_for(tasks, threads, [&](std::int64_t task, int thread) {
+    float* const state = buffers.data() + thread * per_thread;
+    float* const normaliser = state + std::int64_t(n.head_dim) * n.head_dim_v;
+    float* const scratch = normaliser + n.head_dim;
+    const int b = int(task / n.heads_kv), hk = int(task % n.heads_kv);
+    std::fill(state, scratch, 0.0f);
+    const auto emit = [&](int i, bool empty) {
+      for (int h = hk * group; h < (hk + 1) * group; ++h)
+        read_out(row(q, b, i, h), n.head_dim, n.head_dim_v, state, normaliser, empty, row_mut(out, b, i, h), scratch);
+    };
+    const auto add_key = [&](int j) {
+      accumulate(row(k, b, j, hk), row(v, b, j, hk), n.head_dim, n.head_dim_v, state, normaliser, scratch);
+    };
+    if (!causal) {
+      for (int j = 0; j < n.seqlen_k; ++j) add_key(j);
+      for (int i = 0; i < n.seqlen_q; ++i) emit(i, n.seqlen_k == 0);
+      return;
+    }
+    // Query i sees keys j <= i + Sk - Sq: emit it right after that key enters the prefix sums.
+    const int shift = n.seqlen_k - n.seqlen_q;
+    int next_key = 0;
+    for (int i = 0; i < n.seqlen_q; ++i) {
+      const int last = std::min(i + shift, n.seqlen_k - 1);
+      for (; next_key <= last; ++next_key) add_key(next_key);
+      emit(i, i + shift < 0);
     }
   });
 }

@@ -1,6 +1,6 @@
 // The one f32 matrix product the layers use, y = x W^T + b (nn.Linear's convention).
-// Everything in src/modules that multiplies by a weight goes through here, so moving to the
-// CPU backend's SIMD GEMM and thread pool (src/cpu) is an edit of matmul.cpp alone.
+// Everything in src/modules that multiplies by a weight goes through here; it runs on the CPU
+// backend's gemm and thread pool (src/cpu/matmul.hpp).
 #pragma once
 
 #include <cstdint>

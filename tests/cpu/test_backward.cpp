@@ -18,6 +18,7 @@
 
 #include "attn/attention.hpp"
 #include "cpu/backend.hpp"
+#include "cpu/cpu_cases.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
 #include "support/random.hpp"
@@ -26,21 +27,10 @@
 namespace attn {
 namespace {
 
+using Case = test::AttentionCase;
 using test::randn;
-
-struct Case {
-  int batch = 1, heads_q = 2, heads_kv = 1, seqlen_q = 70, seqlen_k = 70, head_dim = 64, head_dim_v = 0;
-  DType dtype = DType::f32;
-  Mask mask;
-  float scale = 0.0f, softcap = 0.0f;
-  double q_sigma = 1.0;
-  std::vector<int> lengths_q, lengths_k;  ///< varlen when set
-  double tol = 1e-5;
-};
-
-double unit_roundoff(DType t) {
-  return t == DType::f16 ? std::ldexp(1.0, -11) : t == DType::bf16 ? std::ldexp(1.0, -8) : 0.0;
-}
+using test::RestoreCpuSettings;
+using test::unit_roundoff;
 
 void expect_close(const TensorView& got, const TensorView& want, double tol, double u, const std::string& what) {
   ASSERT_EQ(got.numel(), want.numel());
@@ -54,16 +44,6 @@ void expect_close(const TensorView& got, const TensorView& want, double tol, dou
   }
 }
 
-struct RestoreCpuSettings {
-  cpu::Isa isa = cpu::active_isa();
-  int threads = cpu::num_threads();
-  ~RestoreCpuSettings() {
-    cpu::set_isa(isa);
-    cpu::set_num_threads(threads);
-  }
-};
-
-
 std::vector<std::byte> bytes_of(const Tensor& t) {
   std::vector<std::byte> out(t.view().nbytes());
   std::memcpy(out.data(), t.view().data, out.size());
@@ -71,77 +51,38 @@ std::vector<std::byte> bytes_of(const Tensor& t) {
 }
 
 void run_case(const Case& c) {
-  const bool packed = !c.lengths_q.empty();
-  const int dv = c.head_dim_v > 0 ? c.head_dim_v : c.head_dim;
-  Tensor q, k, v, dout, cu_q, cu_k;
-  std::int64_t tq = 0;
-  if (!packed) {
-    q = randn({c.batch, c.seqlen_q, c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
-    k = randn({c.batch, c.seqlen_k, c.heads_kv, c.head_dim}, c.dtype);
-    v = randn({c.batch, c.seqlen_k, c.heads_kv, dv}, c.dtype);
-    dout = randn({c.batch, c.seqlen_q, c.heads_q, dv}, c.dtype);
-  } else {
-    std::vector<std::int32_t> cq{0}, ck{0};
-    for (std::size_t b = 0; b < c.lengths_q.size(); ++b) {
-      cq.push_back(cq.back() + c.lengths_q[b]);
-      ck.push_back(ck.back() + c.lengths_k[b]);
-    }
-    cu_q = test::i32(cq);
-    cu_k = test::i32(ck);
-    tq = cq.back();
-    q = randn({tq, c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
-    k = randn({ck.back(), c.heads_kv, c.head_dim}, c.dtype);
-    v = randn({ck.back(), c.heads_kv, dv}, c.dtype);
-    dout = randn({tq, c.heads_q, dv}, c.dtype);
-  }
-  auto q_like = [&](int dim, DType t) {
-    return packed ? Tensor({tq, c.heads_q, dim}, t) : Tensor({c.batch, c.seqlen_q, c.heads_q, dim}, t);
-  };
-  Tensor ref_out = q_like(dv, DType::f64);
-  Tensor ref_lse = packed ? Tensor({c.heads_q, tq}, DType::f64) : Tensor({c.batch, c.heads_q, c.seqlen_q}, DType::f64);
-  ForwardArgs fwd{q, k, v, ref_out, ref_lse, cu_q, cu_k, {}};
-  fwd.params.scale = c.scale;
-  fwd.params.softcap = c.softcap;
-  fwd.params.mask = c.mask;
-  attention_forward(fwd, Backend::reference);
-  const Tensor out = convert(ref_out, c.dtype), lse = convert(ref_lse, DType::f32);
+  const test::AttentionInputs in = test::make_inputs(c);
+  const Tensor dout = randn(test::query_shape(c, in, c.dim_v()), c.dtype);
+  const test::ReferenceForward fwd = test::reference_forward(c, in);
+  const Tensor out = convert(fwd.out, c.dtype), lse = convert(fwd.lse, DType::f32);
 
-  auto k_like = [&](const Tensor& t, DType dt) {
+  auto like = [&](const Tensor& t, DType dt) {
     std::vector<std::int64_t> shape(t.view().shape.begin(), t.view().shape.begin() + t.view().ndim);
     return Tensor(std::span<const std::int64_t>(shape), dt);
   };
-  BackwardArgs ref{q, k, v, out, dout, lse, k_like(q, DType::f64), k_like(k, DType::f64), k_like(v, DType::f64),
-                   cu_q, cu_k, fwd.params};
-  Tensor ref_dq = k_like(q, DType::f64), ref_dk = k_like(k, DType::f64), ref_dv = k_like(v, DType::f64);
-  ref.dq = ref_dq;
-  ref.dk = ref_dk;
-  ref.dv = ref_dv;
+  Tensor ref_dq = like(in.q, DType::f64), ref_dk = like(in.k, DType::f64), ref_dv = like(in.v, DType::f64);
+  BackwardArgs ref{in.q, in.k, in.v, out, dout, lse, ref_dq, ref_dk, ref_dv, in.cu_q, in.cu_k, fwd.args.params};
   attention_backward(ref, Backend::reference);
 
-  Tensor dq = k_like(q, c.dtype), dk = k_like(k, c.dtype), dvt = k_like(v, c.dtype);
+  Tensor dq = like(in.q, c.dtype), dk = like(in.k, c.dtype), dvt = like(in.v, c.dtype);
   BackwardArgs args = ref;
   args.dq = dq;
   args.dk = dk;
   args.dv = dvt;
-  RestoreCpuSettings restore;
-  for (cpu::Isa isa : cpu::supported_isas()) {
-    std::vector<std::vector<std::byte>> first;
-    for (int threads : {1, 2, 2}) {
-      cpu::set_isa(isa);
-      cpu::set_num_threads(threads);
-      for (const Tensor* t : {&dq, &dk, &dvt}) test::poison(*t);
-      attention_backward(args, Backend::cpu);
-      const std::string where = std::string(cpu::isa_name(isa)) + " threads=" + std::to_string(threads);
-      const double u = unit_roundoff(c.dtype);
-      expect_close(dq, ref_dq, c.tol, u, "dq " + where);
-      expect_close(dk, ref_dk, c.tol, u, "dk " + where);
-      expect_close(dvt, ref_dv, c.tol, u, "dv " + where);
-      // Deterministic: every run of this ISA, whatever the thread count, gives the same bits.
-      std::vector<std::vector<std::byte>> now{bytes_of(dq), bytes_of(dk), bytes_of(dvt)};
-      if (first.empty()) first = now;
-      EXPECT_TRUE(now == first) << "not bitwise reproducible: " << where;
-    }
-  }
+  // Deterministic: every run of one ISA, whatever the thread count, gives the same bits.
+  std::vector<std::vector<std::byte>> first;
+  cpu::Isa first_isa{};
+  test::for_each_isa_and_threads({1, 2, 2}, [&](cpu::Isa isa, const std::string& where) {
+    for (const Tensor* t : {&dq, &dk, &dvt}) test::poison(*t);
+    attention_backward(args, Backend::cpu);
+    const double u = unit_roundoff(c.dtype);
+    expect_close(dq, ref_dq, c.tol, u, "dq " + where);
+    expect_close(dk, ref_dk, c.tol, u, "dk " + where);
+    expect_close(dvt, ref_dv, c.tol, u, "dv " + where);
+    std::vector<std::vector<std::byte>> now{bytes_of(dq), bytes_of(dk), bytes_of(dvt)};
+    if (first.empty() || isa != first_isa) first = now, first_isa = isa;
+    EXPECT_TRUE(now == first) << "not bitwise reproducible: " << where;
+  });
 }
 
 TEST(CpuBackward, NoMaskF32) { run_case({}); }

@@ -18,6 +18,7 @@
 
 #include "attn/attention.hpp"
 #include "cpu/backend.hpp"
+#include "cpu/cpu_cases.hpp"
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
 #include "support/random.hpp"
@@ -26,22 +27,10 @@
 namespace attn {
 namespace {
 
+using Case = test::AttentionCase;
 using test::randn;
-
-struct Case {
-  int batch = 1, heads_q = 2, heads_kv = 1, seqlen_q = 70, seqlen_k = 70, head_dim = 64, head_dim_v = 0;
-  DType dtype = DType::f32;
-  Mask mask;
-  float scale = 0.0f, softcap = 0.0f;
-  double q_sigma = 1.0;
-  bool with_lse = true;
-  std::vector<int> lengths_q, lengths_k;  ///< varlen when set
-  double tol = 1e-5;
-};
-
-double unit_roundoff(DType t) {
-  return t == DType::f16 ? std::ldexp(1.0, -11) : t == DType::bf16 ? std::ldexp(1.0, -8) : 0.0;
-}
+using test::RestoreCpuSettings;
+using test::unit_roundoff;
 
 /// Every element of `got` against `want`: NaN never, infinities exactly, else within
 /// tol + 2 * u * |want|.
@@ -58,85 +47,28 @@ void expect_close(const TensorView& got, const TensorView& want, double tol, dou
   }
 }
 
-/// Puts the ISA and the thread count back when a test that loops over them ends.
-struct RestoreCpuSettings {
-  cpu::Isa isa = cpu::active_isa();
-  int threads = cpu::num_threads();
-  ~RestoreCpuSettings() {
-    cpu::set_isa(isa);
-    cpu::set_num_threads(threads);
-  }
-};
-
-struct Inputs {
-  Tensor q, k, v, cu_q, cu_k;
-  std::int64_t tokens_q = 0;
-};
-
-Inputs make_inputs(const Case& c) {
-  const int dv = c.head_dim_v > 0 ? c.head_dim_v : c.head_dim;
-  Inputs in;
-  if (c.lengths_q.empty()) {
-    in.q = randn({c.batch, c.seqlen_q, c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
-    in.k = randn({c.batch, c.seqlen_k, c.heads_kv, c.head_dim}, c.dtype);
-    in.v = randn({c.batch, c.seqlen_k, c.heads_kv, dv}, c.dtype);
-    return in;
-  }
-  std::vector<std::int32_t> cq{0}, ck{0};
-  for (std::size_t b = 0; b < c.lengths_q.size(); ++b) {
-    cq.push_back(cq.back() + c.lengths_q[b]);
-    ck.push_back(ck.back() + c.lengths_k[b]);
-  }
-  in.cu_q = test::i32(cq);
-  in.cu_k = test::i32(ck);
-  in.q = randn({cq.back(), c.heads_q, c.head_dim}, c.dtype, c.q_sigma);
-  in.k = randn({ck.back(), c.heads_kv, c.head_dim}, c.dtype);
-  in.v = randn({ck.back(), c.heads_kv, dv}, c.dtype);
-  return in;
-}
-
 void run_case(const Case& c) {
-  const Inputs in = make_inputs(c);
-  const bool packed = !c.lengths_q.empty();
-  const int dv = c.head_dim_v > 0 ? c.head_dim_v : c.head_dim;
-  const std::int64_t b_or_t = packed ? in.q.size(0) : c.batch;
-  auto out_shape = [&](DType t) {
-    return packed ? Tensor({b_or_t, c.heads_q, dv}, t) : Tensor({c.batch, c.seqlen_q, c.heads_q, dv}, t);
-  };
-  auto lse_shape = [&](DType t) {
-    return packed ? Tensor({c.heads_q, b_or_t}, t) : Tensor({c.batch, c.heads_q, c.seqlen_q}, t);
-  };
-  Tensor ref_out = out_shape(DType::f64), ref_lse = lse_shape(DType::f64);
-  ForwardArgs ref{in.q, in.k, in.v, ref_out, ref_lse, in.cu_q, in.cu_k, {}};
-  ref.params.scale = c.scale;
-  ref.params.softcap = c.softcap;
-  ref.params.mask = c.mask;
-  attention_forward(ref, Backend::reference);
-
-  Tensor out = out_shape(c.dtype), lse = lse_shape(DType::f32);
-  ForwardArgs args = ref;
+  const test::AttentionInputs in = test::make_inputs(c);
+  const test::ReferenceForward ref = test::reference_forward(c, in);
+  Tensor out(test::query_shape(c, in, c.dim_v()), c.dtype), lse = test::lse_like(c, in, DType::f32);
+  ForwardArgs args = ref.args;
   args.out = out;
   args.lse = c.with_lse ? lse.view() : TensorView{};
-  RestoreCpuSettings restore;
-  for (cpu::Isa isa : cpu::supported_isas())
-    for (int threads : {1, 2}) {
-      cpu::set_isa(isa);
-      cpu::set_num_threads(threads);
-      test::poison(out);
-      test::poison(lse);
-      attention_forward(args, Backend::cpu);
-      const std::string where = std::string(cpu::isa_name(isa)) + " threads=" + std::to_string(threads);
-      expect_close(out, ref_out, c.tol, unit_roundoff(c.dtype), "out " + where);
-      if (c.with_lse) {
-        // lse tolerance relative to its size: it carries the scores' magnitude.
-        double biggest = 0;
-        for (std::int64_t i = 0; i < ref_lse.numel(); ++i) {
-          const double x = read_element(ref_lse, i);
-          if (std::isfinite(x)) biggest = std::max(biggest, std::abs(x));
-        }
-        expect_close(lse, ref_lse, c.tol * (1 + biggest), 0.0, "lse " + where);
+  test::for_each_isa_and_threads({1, 2}, [&](cpu::Isa, const std::string& where) {
+    test::poison(out);
+    test::poison(lse);
+    attention_forward(args, Backend::cpu);
+    expect_close(out, ref.out, c.tol, unit_roundoff(c.dtype), "out " + where);
+    if (c.with_lse) {
+      // lse tolerance relative to its size: it carries the scores' magnitude.
+      double biggest = 0;
+      for (std::int64_t i = 0; i < ref.lse.numel(); ++i) {
+        const double x = read_element(ref.lse, i);
+        if (std::isfinite(x)) biggest = std::max(biggest, std::abs(x));
       }
+      expect_close(lse, ref.lse, c.tol * (1 + biggest), 0.0, "lse " + where);
     }
+  });
 }
 
 TEST(CpuForward, NoMaskF32) { run_case({}); }

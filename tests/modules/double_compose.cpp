@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "attn/half.hpp"
+#include "support/random.hpp"
 
 namespace attn::test {
 
@@ -123,6 +124,33 @@ Mat rows_of(const TensorView& t, int b, std::int64_t first, std::int64_t count) 
   for (std::int64_t r = 0; r < count; ++r)
     for (std::int64_t c = 0; c < f; ++c) m(r, c) = read_element(t, (b * t.size(1) + first + r) * f + c);
   return m;
+}
+
+void expect_packed_steps_match(
+    std::int64_t width, const std::vector<std::vector<std::int64_t>>& steps,
+    const std::function<Tensor(const Tensor& x, const std::vector<std::int64_t>& counts)>& forward,
+    const std::function<Mat(const Mat& tokens, std::int64_t first_new)>& reference, const std::string& what) {
+  std::vector<std::vector<double>> history;  // every token each sequence has seen, (L, width)
+  for (const std::vector<std::int64_t>& counts : steps) {
+    history.resize(std::max(history.size(), counts.size()));
+    std::int64_t total = 0;
+    for (std::int64_t n : counts) total += n;
+    const Tensor x = randn({total, width}, DType::f32);
+    const Tensor y = forward(x, counts);
+    std::int64_t first = 0;
+    for (std::size_t b = 0; b < counts.size(); ++b) {
+      const std::int64_t n = counts[b];
+      for (std::int64_t i = 0; i < n * width; ++i) history[b].push_back(x.as<float>()[first * width + i]);
+      if (n > 0) {
+        Mat seq(std::int64_t(history[b].size()) / width, width);
+        seq.a = history[b];
+        Tensor got({n, width}, DType::f32);
+        std::copy_n(y.as<float>() + first * width, n * width, got.as<float>());
+        EXPECT_LT(max_rel_err(got, reference(seq, seq.rows - n)), 2e-6) << what << " sequence " << b;
+      }
+      first += n;
+    }
+  }
 }
 
 }  // namespace attn::test

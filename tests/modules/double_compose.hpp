@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "attn/attention.hpp"
@@ -42,5 +44,14 @@ double max_rel_err(const TensorView& a, const Mat& b);
 void round_to(Mat& x, DType dtype);
 /// Rows [first, first + count) of sequence b of a (B, S, F) tensor, as a Mat.
 Mat rows_of(const TensorView& t, int b, std::int64_t first, std::int64_t count);
+
+/// Continuous batching against a float64 layer: at each step, steps[s][b] fresh tokens of width
+/// `width` for sequence b go through forward(x packed, counts) at once; each sequence's outputs
+/// must be within 2e-6 (relative) of reference(every token it has seen, index of the first
+/// new one). `what` names the layer in failure messages.
+void expect_packed_steps_match(
+    std::int64_t width, const std::vector<std::vector<std::int64_t>>& steps,
+    const std::function<Tensor(const Tensor& x, const std::vector<std::int64_t>& counts)>& forward,
+    const std::function<Mat(const Mat& tokens, std::int64_t first_new)>& reference, const std::string& what);
 
 }  // namespace attn::test

@@ -265,27 +265,13 @@ TEST(Mla, PackedBatchesMixPromptsAndDecodeSteps) {
   params.mask = Mask::causal_mask();
   for (MLAPath path : {MLAPath::expanded, MLAPath::absorbed}) {
     modules::ContiguousLatentCache cache = layer.make_cache(3, 16);
-    std::vector<std::vector<double>> history(3);
-    const std::vector<std::vector<std::int64_t>> steps{{4, 0, 2}, {1, 3, 0}, {1, 1, 1}};
-    for (const std::vector<std::int64_t>& counts : steps) {
-      const std::int64_t total = counts[0] + counts[1] + counts[2];
-      const Tensor x = test::randn({total, 32}, DType::f32);
-      const Tensor y = layer.forward_packed(x, counts, cache, params, Backend::reference, path);
-      std::int64_t first = 0;
-      for (int b = 0; b < 3; ++b) {
-        const std::int64_t n = counts[std::size_t(b)];
-        for (std::int64_t i = 0; i < n * 32; ++i) history[std::size_t(b)].push_back(x.as<float>()[first * 32 + i]);
-        if (n > 0) {
-          Mat seq(std::int64_t(history[std::size_t(b)].size()) / 32, 32);
-          seq.a = history[std::size_t(b)];
-          Tensor got({n, 32}, DType::f32);
-          std::copy_n(y.as<float>() + first * 32, n * 32, got.as<float>());
-          EXPECT_LT(test::max_rel_err(got, mla64(layer, seq, seq.rows - n, params)), 2e-6)
-              << "sequence " << b << (path == MLAPath::absorbed ? " absorbed" : " expanded");
-        }
-        first += n;
-      }
-    }
+    test::expect_packed_steps_match(
+        32, {{4, 0, 2}, {1, 3, 0}, {1, 1, 1}},
+        [&](const Tensor& x, const std::vector<std::int64_t>& counts) {
+          return layer.forward_packed(x, counts, cache, params, Backend::reference, path);
+        },
+        [&](const Mat& tokens, std::int64_t first_new) { return mla64(layer, tokens, first_new, params); },
+        path == MLAPath::absorbed ? "absorbed" : "expanded");
   }
 }
 
@@ -331,43 +317,34 @@ TEST(Mla, SplitKvBProjTakesEachHeadsKeyThenValueRows) {
   EXPECT_THROW(modules::split_kv_b_proj(random_linear(14, 4), c), Error);
 }
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 TEST(Mla, BadConfigsAndWeightsNameTheArgument) {
   MLAConfig c = MLAConfig::deepseek_v2_lite();
   c.qk_rope_head_dim = 3;
-  EXPECT_NE(error_of([&] { c.check(); }).find("qk_rope_head_dim"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { c.check(); }).find("qk_rope_head_dim"), std::string::npos);
   c = MLAConfig::deepseek_v2_lite();
   c.kv_lora_rank = 0;
-  EXPECT_NE(error_of([&] { c.check(); }).find("kv_lora_rank"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { c.check(); }).find("kv_lora_rank"), std::string::npos);
   c = MLAConfig::deepseek_v2_lite();
   c.q_lora_rank = -1;
-  EXPECT_NE(error_of([&] { c.check(); }).find("q_lora_rank"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { c.check(); }).find("q_lora_rank"), std::string::npos);
 
   const MLAConfig small{.d_model = 16, .heads = 2, .q_lora_rank = 0, .kv_lora_rank = 8, .qk_nope_head_dim = 8,
                         .qk_rope_head_dim = 4, .v_head_dim = 8};
   modules::MLAWeights w = random_mla(small).weights();
   w.k_up.bias = test::randn({16}, DType::f32);
-  EXPECT_NE(error_of([&] { MultiHeadLatentAttention(small, w); }).find("k_up.bias"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { MultiHeadLatentAttention(small, w); }).find("k_up.bias"), std::string::npos);
   w = random_mla(small).weights();
   w.v_up = random_linear(8, 8);
-  EXPECT_NE(error_of([&] { MultiHeadLatentAttention(small, w); }).find("v_up.weight"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { MultiHeadLatentAttention(small, w); }).find("v_up.weight"), std::string::npos);
   const MultiHeadLatentAttention layer = random_mla(small);
   modules::ContiguousLatentCache wrong(1, 8, 16, 4);
   const Tensor x = test::randn({1, 2, 16}, DType::f32);
-  EXPECT_NE(error_of([&] { layer.forward(x, {}, Backend::reference, &wrong); }).find("cache"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { layer.forward(x, {}, Backend::reference, &wrong); }).find("cache"), std::string::npos);
   modules::ContiguousLatentCache cache = layer.make_cache(1, 8);
   AttentionParams bad;
   bad.mask.dilation = -1;
   for (MLAPath path : {MLAPath::expanded, MLAPath::absorbed}) {
-    EXPECT_NE(error_of([&] { layer.forward(x, bad, Backend::reference, &cache, path); }).find("dilation"),
+    EXPECT_NE(test::error_of([&] { layer.forward(x, bad, Backend::reference, &cache, path); }).find("dilation"),
               std::string::npos);
     EXPECT_EQ(cache.seqlen(0), 0) << "a failed call leaves the cache as it was";
   }

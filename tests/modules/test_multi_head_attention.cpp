@@ -244,27 +244,13 @@ TEST(MultiHeadAttention, PackedBatchesMixPromptsAndDecodeSteps) {
   AttentionParams params;
   params.mask = Mask::causal_mask();
   modules::ContiguousKVCache cache = layer.make_cache(3, 16);
-  std::vector<std::vector<double>> history(3);  // every token each sequence has seen, (L, M)
   // Step 1: a prompt, a one-token prompt, an idle slot; then mixes of decode and prompts.
-  const std::vector<std::vector<std::int64_t>> steps{{5, 1, 0}, {0, 2, 3}, {1, 1, 1}};
-  for (const std::vector<std::int64_t>& counts : steps) {
-    const std::int64_t total = counts[0] + counts[1] + counts[2];
-    const Tensor x = test::randn({total, 32}, DType::f32);
-    const Tensor y = layer.forward_packed(x, counts, cache, params, Backend::reference);
-    std::int64_t first = 0;
-    for (int b = 0; b < 3; ++b) {
-      const std::int64_t n = counts[std::size_t(b)];
-      for (std::int64_t i = 0; i < n * 32; ++i) history[std::size_t(b)].push_back(x.as<float>()[first * 32 + i]);
-      if (n > 0) {
-        Mat seq(std::int64_t(history[std::size_t(b)].size()) / 32, 32);
-        seq.a = history[std::size_t(b)];
-        Tensor got({n, 32}, DType::f32);
-        std::copy_n(y.as<float>() + first * 32, n * 32, got.as<float>());
-        EXPECT_LT(test::max_rel_err(got, layer64(layer, seq, seq.rows - n, params)), 2e-6) << "sequence " << b;
-      }
-      first += n;
-    }
-  }
+  test::expect_packed_steps_match(
+      32, {{5, 1, 0}, {0, 2, 3}, {1, 1, 1}},
+      [&](const Tensor& x, const std::vector<std::int64_t>& counts) {
+        return layer.forward_packed(x, counts, cache, params, Backend::reference);
+      },
+      [&](const Mat& tokens, std::int64_t first_new) { return layer64(layer, tokens, first_new, params); }, "mha");
   EXPECT_EQ(cache.seqlen(0), 6);
   EXPECT_EQ(cache.seqlen(1), 4);
   EXPECT_EQ(cache.seqlen(2), 4);

@@ -98,31 +98,22 @@ TEST(ResidualBlock, ThreeStylesMatchTheFormulas) {
   for (std::int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(y_id.as<float>()[i], x.as<float>()[i]);
 }
 
-std::string error_of(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
-
 TEST(Norm, BadArgumentsAreNamed) {
   Norm rms = random_norm(NormKind::rms_norm, 8);
   rms.bias = test::randn({8}, DType::f32);
-  EXPECT_NE(error_of([&] { rms.check("norm", 8); }).find("norm.bias"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { rms.check("norm", 8); }).find("norm.bias"), std::string::npos);
   Norm ln = random_norm(NormKind::layer_norm, 8);
   ln.eps = 0.0f;
-  EXPECT_NE(error_of([&] { ln.check("norm", 8); }).find("norm.eps"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { ln.check("norm", 8); }).find("norm.eps"), std::string::npos);
   const Tensor x = test::randn({2, 7}, DType::f32);
-  EXPECT_NE(error_of([&] { modules::apply_norm(random_norm(NormKind::layer_norm, 8), x); }).find("x:"),
+  EXPECT_NE(test::error_of([&] { modules::apply_norm(random_norm(NormKind::layer_norm, 8), x); }).find("x:"),
             std::string::npos);
   ResidualBlock scaled{ResidualStyle::scaled, {}, test::randn({3}, DType::f32)};
-  EXPECT_NE(error_of([&] { scaled.forward(x, [](const TensorView& t) { return Tensor({t.size(0), t.size(1)}, DType::f32); }); })
+  EXPECT_NE(test::error_of([&] { scaled.forward(x, [](const TensorView& t) { return Tensor({t.size(0), t.size(1)}, DType::f32); }); })
                 .find("residual.alpha"),
             std::string::npos);
   ResidualBlock pre{ResidualStyle::pre_norm, random_norm(NormKind::rms_norm, 7), {}};
-  EXPECT_NE(error_of([&] { pre.forward(x, [](const TensorView&) { return Tensor({1, 7}, DType::f32); }); })
+  EXPECT_NE(test::error_of([&] { pre.forward(x, [](const TensorView&) { return Tensor({1, 7}, DType::f32); }); })
                 .find("sublayer"),
             std::string::npos);
 }

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "attn/error.hpp"
+
 namespace attn::test {
 
 std::mt19937_64& rng() {
@@ -74,5 +76,14 @@ Tensor i32(const std::vector<std::int32_t>& values) {
 }
 
 Tensor i32(std::initializer_list<std::int32_t> values) { return i32(std::vector<std::int32_t>(values)); }
+
+std::string error_of(const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
 
 }  // namespace attn::test

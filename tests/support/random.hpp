@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <random>
 #include <span>
@@ -31,5 +32,7 @@ double rel_l2(const TensorView& a, const TensorView& b);
 /// A new i32 tensor.
 Tensor i32(std::initializer_list<std::int32_t> values);
 Tensor i32(const std::vector<std::int32_t>& values);
+/// The message of the attn::Error that `call` throws, or "no error".
+std::string error_of(const std::function<void()>& call);
 
 }  // namespace attn::test

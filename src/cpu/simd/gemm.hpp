@@ -22,6 +22,11 @@
 //   scalar  4 x 2 (NV = 1: 8 x 1)
 // Edge rows (M % MR) use the same micro-kernel with fewer rows.
 //
+// gemm_abt is the dot-product form for products with few rows of A (decode's projections):
+// C (M x N) = A (M x K) · B^T with B stored N x K, rows contiguous along k (nn.Linear's weight
+// layout). Vectors run along k, so B needs no packing; four rows of B share each load of A's row
+// and each output is one horizontal sum at the end. Any M, N, K.
+//
 // Included only from a kernels_<isa>.cpp, inside that ISA's namespace (see kernels_scalar.cpp).
 #pragma once
 
@@ -84,6 +89,46 @@ void gemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb,
         gemm_micro<V, NV, MR, Accumulate, TransA>(K, a, lda, B + j, ldb, c + j, ldc);
       else
         gemm_edge<V, NV, MR - 1, Accumulate, TransA>(rows, K, a, lda, B + j, ldb, c + j, ldc);
+    }
+  }
+}
+
+/// out[r] = a · b_r for the R rows of B at b (ldb apart), all of length K.
+template <class V, int R>
+inline void dot_rows(int K, const float* a, const float* b, int ldb, float* out) {
+  constexpr int W = V::width;
+  V acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = V::zero();
+  int k = 0;
+  for (; k + W <= K; k += W) {
+    const V x = V::load(a + k);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r] = V::fma(x, V::load(b + std::ptrdiff_t(r) * ldb + k), acc[r]);
+  }
+  if (k < K) {
+    const V x = V::load_n(a + k, K - k);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r] = V::fma(x, V::load_n(b + std::ptrdiff_t(r) * ldb + k, K - k), acc[r]);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) out[r] = acc[r].reduce_add();
+}
+
+template <class V>
+void gemm_abt(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+  constexpr int R = 4;
+  // Rows of B outermost: four rows (R * K floats) stay in L1/L2 while every row of A passes.
+  for (int j = 0; j < N; j += R) {
+    const float* b = B + std::ptrdiff_t(j) * ldb;
+    for (int i = 0; i < M; ++i) {
+      const float* a = A + std::ptrdiff_t(i) * lda;
+      float* c = C + std::ptrdiff_t(i) * ldc + j;
+      if (N - j >= R) {
+        dot_rows<V, R>(K, a, b, ldb, c);
+      } else {
+        for (int r = 0; r < N - j; ++r) dot_rows<V, 1>(K, a, b + std::ptrdiff_t(r) * ldb, ldb, c + r);
+      }
     }
   }
 }
