@@ -88,7 +88,7 @@ Plan plan_forward(const AttentionProblem& p) {
   FwdTile tile = fwd_tile(p.head_dim, tall);
   f.sm90 = use_sm90_forward(p, f.pack, tall);
   if (f.sm90) {
-    tile = FwdTile{128, kSm90BlockN, 2};
+    tile = FwdTile{128, kSm90BlockN, 3};
     const char* env = std::getenv("ATTN_CUDA_FWD");
     f.sm90_plain = env != nullptr && std::strcmp(env, "sm90-plain") == 0;
   }

@@ -48,7 +48,7 @@ template <int D>
 struct Sm90FwdTraits {
   static constexpr int kBlockM = 128;  // query rows per CTA: 64 per consumer warpgroup
   static constexpr int kBlockN = kSm90BlockN;  // keys per stage
-  static constexpr int kStages = 2;
+  static constexpr int kStages = 3;  // 224 KB with Q: one CTA per SM
   static constexpr int kConsumers = 2;  // warpgroups
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
@@ -166,24 +166,31 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       }
       sm80::cp_async_commit();
     };
-    // Tile i is announced once tile i + 1's copies are issued, so every lane keeps one
-    // tile's copies in flight while it waits for the previous one to land.
+    // Tile i is announced once tile i + 1's copies are issued, so the copies of one tile stay
+    // in flight while the previous one lands. When the slot for tile i + 1 is not free yet,
+    // tile i is announced first: the consumers may need it before they free that slot (the
+    // pipelined loop releases tile i - 1 only after it has waited for tile i).
+    int pending = -1;  // visit index of the issued, not yet announced tile
+    auto announce = [&](bool keep_one_in_flight) {
+      if (keep_one_in_flight) {
+        sm80::cp_async_wait<1>();
+      } else {
+        sm80::cp_async_wait<0>();
+      }
+      fence_proxy_async();
+      mbar_arrive(bar_full + 8 * (pending % kStages));
+      pending = -1;
+    };
     int i = 0;
     for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
-      const int stage = i % kStages;
-      mbar_wait(bar_empty + 8 * stage, ((i / kStages) & 1) ^ 1);
+      const int stage = i % kStages, parity = ((i / kStages) & 1) ^ 1;
+      if (pending >= 0 && !mbar_test(bar_empty + 8 * stage, parity)) announce(false);
+      mbar_wait(bar_empty + 8 * stage, parity);
       load_tile(t, stage);
-      if (i > 0) {
-        sm80::cp_async_wait<1>();
-        fence_proxy_async();
-        mbar_arrive(bar_full + 8 * ((i - 1) % kStages));
-      }
+      if (pending >= 0) announce(true);
+      pending = i;
     }
-    if (i > 0) {
-      sm80::cp_async_wait<0>();
-      fence_proxy_async();
-      mbar_arrive(bar_full + 8 * ((i - 1) % kStages));
-    }
+    if (pending >= 0) announce(false);
     return;
   }
 

@@ -47,6 +47,19 @@ __device__ __forceinline__ void mbar_wait(std::uint32_t bar, int parity) {
   } while (done == 0);
 }
 
+/// True when the phase of parity `parity` has completed; does not wait.
+__device__ __forceinline__ bool mbar_test(std::uint32_t bar, int parity) {
+  std::uint32_t done = 0;
+  asm volatile(
+      "{\n.reg .pred p;\n"
+      "mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+
 /// Makes this thread's earlier generic-proxy shared-memory writes (stores, landed cp.async)
 /// visible to later async-proxy reads (wgmma operands) once a barrier orders them.
 __device__ __forceinline__ void fence_proxy_async() {
