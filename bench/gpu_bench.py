@@ -203,8 +203,9 @@ def bench_prefill(attn, head_dim, causal, rows, peers_only=None):
             # The sm80 (mma.sync) kernel on the same inputs, where the Hopper one is the default.
             sm80 = [with_env(fn, "ATTN_CUDA_FWD", "sm80") for fn in ours]
             peers.append(("attn-sm80", lambda: sm80, rel_err(sm80[0](), reference)))
-            plain = [with_env(fn, "ATTN_CUDA_FWD", "sm90-plain") for fn in ours]
-            peers.append(("attn-sm90-plain", lambda: plain, rel_err(plain[0](), reference)))
+            for variant in ["sm90-pipe", "sm90-plain-pp", "sm90-plain"]:
+                fns = [with_env(fn, "ATTN_CUDA_FWD", variant) for fn in ours]
+                peers.append(("attn-" + variant, lambda fns=fns: fns, rel_err(fns[0](), reference)))
         for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                                ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
             peers.append((label, lambda backend=backend: [sdpa_peer(backend, *s[:3], causal) for s in sets], None))

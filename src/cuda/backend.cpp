@@ -90,7 +90,12 @@ Plan plan_forward(const AttentionProblem& p) {
   if (f.sm90) {
     tile = FwdTile{128, kSm90BlockN, 3};
     const char* env = std::getenv("ATTN_CUDA_FWD");
-    f.sm90_plain = env != nullptr && std::strcmp(env, "sm90-plain") == 0;
+    if (env != nullptr) {
+      f.sm90_variant = std::strcmp(env, "sm90-pipe") == 0       ? 1
+                       : std::strcmp(env, "sm90-plain-pp") == 0 ? 2
+                       : std::strcmp(env, "sm90-plain") == 0    ? 3
+                                                                 : 0;
+    }
   }
   f.block_m = tile.block_m;
   f.slots = f.pack > 1 ? p.heads_kv : p.heads_q;

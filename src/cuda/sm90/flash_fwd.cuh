@@ -8,7 +8,7 @@
 //   warpgroup 2 (producer): loads K/V tiles with cp.async into kStages shared-memory stages.
 // Registers: ptxas sizes a 288-thread CTA like a 384-thread one (168 registers, spills), so
 // the producer is a whole warpgroup that gives its registers to the consumers (setmaxnreg:
-// 40 for the producer, 232 for each consumer thread).
+// 56 for the producer, 224 for each consumer thread).
 // The two consumers never wait for each other: while one runs its softmax, the tensor cores
 // serve the other one's matrix multiplies.
 //
@@ -51,7 +51,7 @@ struct Sm90FwdTraits {
   static constexpr int kStages = 3;  // 224 KB with Q: one CTA per SM
   static constexpr int kConsumers = 2;  // warpgroups
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static constexpr int kProducerRegs = 56, kConsumerRegs = 224;
   static_assert(128 * (kProducerRegs + kConsumers * kConsumerRegs) <= 65536, "register file");
   static_assert(D % 64 == 0, "head dim a multiple of the 64-element swizzle row");
   static constexpr int kTileBytesQ = kBlockM * D * 2;
@@ -69,9 +69,12 @@ __device__ __forceinline__ std::uint32_t swizzled(int r, int c, int rows) {
   return std::uint32_t((c / 8) * rows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4));
 }
 
-/// kOverlap: the software-pipelined consumer loop (the default); false gives the plain
-/// one-tile-at-a-time loop, kept for comparison (ATTN_CUDA_FWD=sm90-plain).
-template <class T, int D, bool kOverlap>
+/// kOverlap: the software-pipelined consumer loop; false gives the plain one-tile-at-a-time
+/// loop. kPingpong: the two consumer warpgroups take turns issuing their matrix multiplies
+/// (hardware barriers 3 and 4), so that one's softmax runs while the other's multiplies hold
+/// the tensor cores. The default is both; the others stay selectable for comparison
+/// (FwdParams::sm90_variant).
+template <class T, int D, bool kOverlap, bool kPingpong>
 __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ FwdParams params) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -326,6 +329,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     }
   };
   auto wait_full = [&](int i) { mbar_wait(bar_full + 8 * (i % kStages), (i / kStages) & 1); };
+  // Turn-taking: warpgroup w waits on barrier 3 + w (its 128 threads plus the other group's
+  // 128 arrivals), issues, then lets the other group go. Group 1 opens group 0's first turn.
+  auto turn_begin = [&] {
+    if constexpr (kPingpong) named_barrier_sync(3 + wg, 256);
+  };
+  auto turn_end = [&] {
+    if constexpr (kPingpong) named_barrier_arrive(3 + (1 - wg), 256);
+  };
+  if constexpr (kPingpong) {
+    if (wg == 1) named_barrier_arrive(3, 256);
+  }
 
   float s[64];
   std::uint32_t pa[BN / 16][4];
@@ -335,8 +349,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     int i = 0;
     for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
       wait_full(i);
+      turn_begin();
       wgmma_fence();
       issue_qk(s, i % kStages);
+      turn_end();
       wgmma_wait<0>();
       fence_registers(s);
       softmax(s, t, scale_old);
@@ -355,8 +371,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     int t = next_tile(t_begin);
     if (t < t_end) {
       wait_full(0);
+      turn_begin();
       wgmma_fence();
       issue_qk(s, 0);
+      turn_end();
       wgmma_wait<0>();
       fence_registers(s);
       softmax(s, t, scale_old);  // o is 0: nothing to rescale
@@ -364,9 +382,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       int i = 1;
       for (t = next_tile(t + 1); t < t_end; t = next_tile(t + 1), ++i) {
         wait_full(i);
+        turn_begin();
         wgmma_fence();
         issue_qk(s, i % kStages);
         issue_pv(pa, (i - 1) % kStages);
+        turn_end();
         wgmma_wait<1>();  // groups retire in order: S is ready, P V may still run
         fence_registers(s);
         softmax(s, t, scale_old);
@@ -444,7 +464,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
 template <class T, int D>
 void launch_fwd(const FwdParams& params, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<D>;
-  const auto kernel = params.sm90_plain ? flash_fwd_sm90_kernel<T, D, false> : flash_fwd_sm90_kernel<T, D, true>;
+  // sm90_variant: 0 pipelined + ping-pong (default), 1 pipelined, 2 plain + ping-pong, 3 plain.
+  const auto kernel = params.sm90_variant == 1   ? flash_fwd_sm90_kernel<T, D, true, false>
+                      : params.sm90_variant == 2 ? flash_fwd_sm90_kernel<T, D, false, true>
+                      : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, false, false>
+                                                 : flash_fwd_sm90_kernel<T, D, true, true>;
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
   kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
