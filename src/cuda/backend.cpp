@@ -93,7 +93,7 @@ Plan plan_forward(const AttentionProblem& p) {
     if (env != nullptr) {
       f.sm90_variant = std::strcmp(env, "sm90-pipe") == 0       ? 1
                        : std::strcmp(env, "sm90-plain-pp") == 0 ? 2
-                       : std::strcmp(env, "sm90-plain") == 0    ? 3
+                       : std::strcmp(env, "sm90-pipe-pp") == 0  ? 3
                                                                  : 0;
     }
   }

@@ -62,7 +62,7 @@ struct FwdParams {
   /// Run the Hopper kernel (src/cuda/sm90/flash_fwd.cuh): 128 x 128 tiles, block_m 128, pack 1.
   bool sm90 = false;
   /// Loop variant of the Hopper kernel (launch_fwd in sm90/flash_fwd.cuh), for comparisons:
-  /// ATTN_CUDA_FWD=sm90-pipe / sm90-plain-pp / sm90-plain pick 1 / 2 / 3; 0 is the default.
+  /// ATTN_CUDA_FWD=sm90-pipe / sm90-plain-pp / sm90-pipe-pp pick 1 / 2 / 3; 0 is the default.
   int sm90_variant = 0;
 };
 

@@ -8,9 +8,10 @@
 //   warpgroup 2 (producer): loads K/V tiles with cp.async into kStages shared-memory stages.
 // Registers: ptxas sizes a 288-thread CTA like a 384-thread one (168 registers, spills), so
 // the producer is a whole warpgroup that gives its registers to the consumers (setmaxnreg:
-// 56 for the producer, 224 for each consumer thread).
-// The two consumers never wait for each other: while one runs its softmax, the tensor cores
-// serve the other one's matrix multiplies.
+// 40 for the producer, 232 for each consumer thread; the pipelined ping-pong variant spills
+// 4 bytes in the producer at 40, the measured ones do not).
+// By default the two consumers never wait for each other: while one runs its softmax, the
+// tensor cores may serve the other one's matrix multiplies (see kPingpong for turn-taking).
 //
 // Handshake per stage: `full` (128 arrivals: the producer threads, each once its copies landed
 // and it fenced them for the async proxy that wgmma reads through) and `empty` (256 arrivals:
@@ -51,7 +52,7 @@ struct Sm90FwdTraits {
   static constexpr int kStages = 3;  // 224 KB with Q: one CTA per SM
   static constexpr int kConsumers = 2;  // warpgroups
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  static constexpr int kProducerRegs = 56, kConsumerRegs = 224;
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static_assert(128 * (kProducerRegs + kConsumers * kConsumerRegs) <= 65536, "register file");
   static_assert(D % 64 == 0, "head dim a multiple of the 64-element swizzle row");
   static constexpr int kTileBytesQ = kBlockM * D * 2;
@@ -69,11 +70,14 @@ __device__ __forceinline__ std::uint32_t swizzled(int r, int c, int rows) {
   return std::uint32_t((c / 8) * rows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4));
 }
 
-/// kOverlap: the software-pipelined consumer loop; false gives the plain one-tile-at-a-time
-/// loop. kPingpong: the two consumer warpgroups take turns issuing their matrix multiplies
-/// (hardware barriers 3 and 4), so that one's softmax runs while the other's multiplies hold
-/// the tensor cores. The default is both; the others stay selectable for comparison
-/// (FwdParams::sm90_variant).
+/// kOverlap: the software-pipelined consumer loop (S of tile i beside P V of tile i - 1);
+/// false: the plain one-tile-at-a-time loop. kPingpong: the two consumer warpgroups take turns
+/// issuing their matrix multiplies (hardware barriers 3 and 4), so that one's softmax runs
+/// while the other's multiplies hold the tensor cores.
+///
+/// The default is the plain loop without turns, the fastest measured on the H100 (313 against
+/// 283 TFLOP/s for the pipelined loop, bench/gpu_notes.md). The others are selectable for
+/// comparison (FwdParams::sm90_variant); the ping-pong variants have not run on a GPU yet.
 template <class T, int D, bool kOverlap, bool kPingpong>
 __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ FwdParams params) {
@@ -464,11 +468,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
 template <class T, int D>
 void launch_fwd(const FwdParams& params, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<D>;
-  // sm90_variant: 0 pipelined + ping-pong (default), 1 pipelined, 2 plain + ping-pong, 3 plain.
+  // sm90_variant: 0 plain (default), 1 pipelined, 2 plain + ping-pong, 3 pipelined + ping-pong.
   const auto kernel = params.sm90_variant == 1   ? flash_fwd_sm90_kernel<T, D, true, false>
                       : params.sm90_variant == 2 ? flash_fwd_sm90_kernel<T, D, false, true>
-                      : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, false, false>
-                                                 : flash_fwd_sm90_kernel<T, D, true, true>;
+                      : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, true, true>
+                                                 : flash_fwd_sm90_kernel<T, D, false, false>;
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
   kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
