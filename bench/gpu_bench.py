@@ -21,6 +21,7 @@ import argparse
 import ctypes
 import json
 import math
+import os
 import statistics
 import sys
 
@@ -158,6 +159,19 @@ def flex_peer(q, k, v, causal):
     return lambda: compiled(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
 
 
+def with_env(fn, key, value):
+    """fn run with an environment variable set (attn reads ATTN_CUDA_FWD per call)."""
+
+    def run():
+        os.environ[key] = value
+        try:
+            return fn()
+        finally:
+            del os.environ[key]
+
+    return run
+
+
 def record(rows, row):
     """Keeps a result and prints it at once, so a run cut short still shows what it measured."""
     rows.append(row)
@@ -185,6 +199,15 @@ def bench_prefill(attn, head_dim, causal, rows, peers_only=None):
         reference = sdpa_peer([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], q, k, v,
                               causal)()
         peers.append(("attn", lambda: ours, rel_err(ours[0](), reference)))
+        if head_dim == 128:
+            # The sm80 (mma.sync) kernel on the same inputs, where the Hopper one is the default.
+            sm80 = [with_env(fn, "ATTN_CUDA_FWD", "sm80") for fn in ours]
+            peers.append(("attn-sm80", lambda: sm80, rel_err(sm80[0](), reference)))
+            # Loop variants of the Hopper kernel (src/cuda/sm90/flash_fwd.cuh); the ping-pong ones
+            # (sm90-plain-pp, sm90-pipe-pp) join once they have passed attn_gpu_selftest on a GPU.
+            for variant in ["sm90-pipe"]:
+                fns = [with_env(fn, "ATTN_CUDA_FWD", variant) for fn in ours]
+                peers.append(("attn-" + variant, lambda fns=fns: fns, rel_err(fns[0](), reference)))
         for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                                ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
             peers.append((label, lambda backend=backend: [sdpa_peer(backend, *s[:3], causal) for s in sets], None))

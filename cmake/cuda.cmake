@@ -35,6 +35,11 @@ endif()
 function(attn_configure_cuda_target target)
   target_compile_definitions(${target} PUBLIC ATTN_WITH_CUDA=1)
   target_link_libraries(${target} PUBLIC CUDA::cudart)
+  # The Hopper forward (src/cuda/sm90) has a body only in an sm_90a pass; without one the
+  # planner keeps to the sm80 kernels.
+  if(CMAKE_CUDA_ARCHITECTURES MATCHES "90a")
+    target_compile_definitions(${target} PRIVATE ATTN_CUDA_HAS_SM90A=1)
+  endif()
   target_compile_options(${target} PRIVATE
     $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr --use_fast_math -lineinfo>)
   set_target_properties(${target} PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/backward.hpp"
 #include "cuda/check.hpp"
@@ -40,6 +42,21 @@ void check_rows_aligned(const char* name, const void* data, const TokenLayout& l
              l.batch_stride, "/", l.token_stride, "/", l.head_stride);
 }
 
+/// The Hopper kernel (wgmma) serves D = Dv = 128 prefill-shaped calls on an sm_90 device when
+/// the build has sm_90a code; ATTN_CUDA_FWD=sm80 forces the sm80 kernel (for comparisons).
+bool use_sm90_forward(const AttentionProblem& p, int pack, bool tall) {
+#if defined(ATTN_CUDA_HAS_SM90A)
+  if (p.head_dim != 128 || p.head_dim_v != 128 || pack != 1 || !tall) return false;
+  const char* env = std::getenv("ATTN_CUDA_FWD");
+  if (env != nullptr && std::strcmp(env, "sm80") == 0) return false;
+  return current_device_attribute(cudaDevAttrComputeCapabilityMajor) == 9 &&
+         current_device_attribute(cudaDevAttrComputeCapabilityMinor) == 0;
+#else
+  (void)p, (void)pack, (void)tall;
+  return false;
+#endif
+}
+
 struct Plan {
   FwdParams params;
   std::size_t o_part_bytes = 0;
@@ -68,7 +85,18 @@ Plan plan_forward(const AttentionProblem& p) {
   // Tall tiles only where the queries fill more than one short tile: a decode or short
   // prefill would leave most of the taller tile empty.
   const bool tall = fwd_has_tall_tile(p.head_dim) && std::int64_t(p.seqlen_q) * f.pack > short_tile.block_m;
-  const FwdTile tile = fwd_tile(p.head_dim, tall);
+  FwdTile tile = fwd_tile(p.head_dim, tall);
+  f.sm90 = use_sm90_forward(p, f.pack, tall);
+  if (f.sm90) {
+    tile = FwdTile{128, kSm90BlockN, 3};
+    const char* env = std::getenv("ATTN_CUDA_FWD");
+    if (env != nullptr) {
+      f.sm90_variant = std::strcmp(env, "sm90-pipe") == 0       ? 1
+                       : std::strcmp(env, "sm90-plain-pp") == 0 ? 2
+                       : std::strcmp(env, "sm90-pipe-pp") == 0  ? 3
+                                                                 : 0;
+    }
+  }
   f.block_m = tile.block_m;
   f.slots = f.pack > 1 ? p.heads_kv : p.heads_q;
   ATTN_CHECK(f.slots <= 65535, "q: the cuda backend supports at most 65535 heads, got ", f.slots);
@@ -131,6 +159,15 @@ void forward(const AttentionProblem& p, Workspace ws) {
     f.lse_part = reinterpret_cast<float*>(static_cast<char*>(ws.data) + plan.o_part_bytes);
   }
   constexpr cudaStream_t stream = nullptr;  // the default stream
+  if (f.sm90) {
+    if (p.dtype == DType::f16) {
+      launch_flash_fwd_sm90<DType::f16, 128>(f, stream);
+    } else {
+      launch_flash_fwd_sm90<DType::bf16, 128>(f, stream);
+    }
+    if (f.n_splits > 1) launch_fwd_combine(f, stream);
+    return;
+  }
   with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
     if (p.dtype == DType::f16) {
       launch_flash_fwd<DType::f16, D, Dv>(f, stream);

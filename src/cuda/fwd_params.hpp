@@ -59,6 +59,11 @@ struct FwdParams {
   float softcap_log2 = 0;  ///< softcap * log2(e)
   float* o_part = nullptr;
   float* lse_part = nullptr;
+  /// Run the Hopper kernel (src/cuda/sm90/flash_fwd.cuh): 128 x 128 tiles, block_m 128, pack 1.
+  bool sm90 = false;
+  /// Loop variant of the Hopper kernel (launch_fwd in sm90/flash_fwd.cuh), for comparisons:
+  /// ATTN_CUDA_FWD=sm90-pipe / sm90-plain-pp / sm90-pipe-pp pick 1 / 2 / 3; 0 is the default.
+  int sm90_variant = 0;
 };
 
 /// Which work CTA `linear` (its launch index) does. Launch order: groups of pairs_per_group
@@ -84,6 +89,12 @@ ATTN_HD CtaWork cta_work(const FwdParams& f, int linear) {
 /// One explicit instantiation per (dtype, head_dim, head_dim_v), in src/cuda/sm80/*.cu.
 template <DType dtype, int D, int Dv>
 void launch_flash_fwd(const FwdParams& params, cudaStream_t stream);
+
+/// The Hopper forward (wgmma), one instantiation per dtype at D = Dv = 128, in src/cuda/sm90/*.cu.
+template <DType dtype, int D>
+void launch_flash_fwd_sm90(const FwdParams& params, cudaStream_t stream);
+/// Keys per tile of the Hopper forward (the planner's split arithmetic needs it).
+inline constexpr int kSm90BlockN = 128;
 
 /// Merges the KV-split partials into out and lse (src/cuda/decode_combine.cu).
 void launch_fwd_combine(const FwdParams& params, cudaStream_t stream);

@@ -515,6 +515,31 @@ std::vector<FwdCase> forward_cases() {
   paged("paged_16_d64_f16", [](FwdCase& c) { c.page_size = 16; c.head_dim = 64; c.head_dim_v = 64; c.dtype = DType::f16; });
   paged("paged_16_window", [](FwdCase& c) { c.page_size = 16; c.window_left = 40; c.window_right = 0; });
 
+  // Long keys over few CTAs: the Hopper kernel's KV splits (D = 128, queries past one 64-row
+  // tile), with GQA 2 and 3 and several query tiles.
+  FwdCase l;
+  l.name = "splits_d128_gqa2";
+  l.batch = 1;
+  l.heads_q = 2;
+  l.heads_kv = 1;
+  l.seqlen_q = 130;
+  l.seqlen_k = 1100;
+  add(l);
+  l.name = "splits_d128_causal_window_f16";
+  l.causal = true;
+  l.window_left = 300;
+  l.dtype = DType::f16;
+  add(l);
+  l.name = "prefill_d128_gqa3_causal";
+  l.batch = 2;
+  l.heads_q = 6;
+  l.heads_kv = 2;
+  l.seqlen_q = 384;
+  l.seqlen_k = 384;
+  l.window_left = -1;
+  l.dtype = DType::bf16;
+  add(l);
+
   FwdCase s;
   s.name = "qkv_packed_strides";
   s.qkv_packed = true;

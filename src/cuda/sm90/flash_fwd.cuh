@@ -1,0 +1,491 @@
+// FlashAttention forward for Hopper (sm_90a): wgmma tensor-core matrix multiplies issued by
+// warpgroups, fed by a producer warp through an mbarrier pipeline.
+//
+// One CTA per (128-row query tile, KV split, query head, batch), 3 roles:
+//   warpgroups 0 and 1 (consumers): 64 query rows each. Per key tile: S = Q K^T (wgmma, Q and
+//     K from shared memory), mask and online softmax in registers (log2 domain, as sm80), then
+//     O += P V (wgmma with P from registers, V from shared memory, transposed form).
+//   warpgroup 2 (producer): loads K/V tiles with cp.async into kStages shared-memory stages.
+// Registers: ptxas sizes a 288-thread CTA like a 384-thread one (168 registers, spills), so
+// the producer is a whole warpgroup that gives its registers to the consumers (setmaxnreg:
+// 40 for the producer, 232 for each consumer thread; the pipelined ping-pong variant spills
+// 4 bytes in the producer at 40, the measured ones do not).
+// By default the two consumers never wait for each other: while one runs its softmax, the
+// tensor cores may serve the other one's matrix multiplies (see kPingpong for turn-taking).
+//
+// Handshake per stage: `full` (128 arrivals: the producer threads, each once its copies landed
+// and it fenced them for the async proxy that wgmma reads through) and `empty` (256 arrivals:
+// every consumer thread, once its P V multiply stopped reading the stage).
+//
+// Shared memory, every tile 128-byte swizzled (see sw128_desc): rows of 64 elements, the
+// columns split into D / 64 blocks of (rows x 128 bytes):
+//   sQ (128 x D)            reused for the output tile in the epilogue
+//   sK (kStages, 128 x D)
+//   sV (kStages, 128 x Dv)
+//   full[kStages], empty[kStages] (8-byte mbarriers)
+//
+// Covers what the sm80 forward covers for its shapes (every mask, GQA, varlen, paged, soft-cap,
+// LSE, KV splits), except GQA packing: the planner (backend.cpp) sends a problem here when
+// the device is sm_90, D = Dv = 128 and the queries fill more than a 64-row tile.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "cuda/check.hpp"
+#include "cuda/fwd_params.hpp"
+#include "cuda/sm80/flash_fwd.cuh"  // row_offset, tanh_exp2, quad_max / quad_sum
+#include "cuda/sm80/ptx.cuh"        // cp.async, pack2
+#include "cuda/sm90/wgmma.cuh"
+#include "mask_eval.hpp"
+
+namespace attn::cuda::sm90 {
+
+using detail::MaskEval;
+using detail::TileKind;
+
+template <int D>
+struct Sm90FwdTraits {
+  static constexpr int kBlockM = 128;  // query rows per CTA: 64 per consumer warpgroup
+  static constexpr int kBlockN = kSm90BlockN;  // keys per stage
+  static constexpr int kStages = 3;  // 224 KB with Q: one CTA per SM
+  static constexpr int kConsumers = 2;  // warpgroups
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static_assert(128 * (kProducerRegs + kConsumers * kConsumerRegs) <= 65536, "register file");
+  static_assert(D % 64 == 0, "head dim a multiple of the 64-element swizzle row");
+  static constexpr int kTileBytesQ = kBlockM * D * 2;
+  static constexpr int kTileBytesK = kBlockN * D * 2;
+  static constexpr int kTileBytesV = kBlockN * D * 2;
+  static constexpr int kOffK = kTileBytesQ;
+  static constexpr int kOffV = kOffK + kStages * kTileBytesK;
+  static constexpr int kOffBars = kOffV + kStages * kTileBytesV;
+  // +1024: the dynamic shared memory base is rounded up to the 1024-byte swizzle atom.
+  static constexpr int kSmemBytes = kOffBars + 2 * kStages * 8 + 1024;
+};
+
+/// Byte offset of 16-byte chunk `c` (8 elements) of row `r` in a swizzled tile of `rows` rows.
+__device__ __forceinline__ std::uint32_t swizzled(int r, int c, int rows) {
+  return std::uint32_t((c / 8) * rows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4));
+}
+
+/// kOverlap: the software-pipelined consumer loop (S of tile i beside P V of tile i - 1);
+/// false: the plain one-tile-at-a-time loop. kPingpong: the two consumer warpgroups take turns
+/// issuing their matrix multiplies (hardware barriers 3 and 4), so that one's softmax runs
+/// while the other's multiplies hold the tensor cores.
+///
+/// The default is the plain loop without turns, the fastest measured on the H100 (313 against
+/// 283 TFLOP/s for the pipelined loop, bench/gpu_notes.md). The others are selectable for
+/// comparison (FwdParams::sm90_variant); the ping-pong variants have not run on a GPU yet.
+template <class T, int D, bool kOverlap, bool kPingpong>
+__global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
+    flash_fwd_sm90_kernel(const __grid_constant__ FwdParams params) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  // wgmma exists only in the sm_90a pass; the planner never launches this kernel elsewhere.
+  (void)params;
+#else
+  using Tr = Sm90FwdTraits<D>;
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, kStages = Tr::kStages;
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  constexpr float kNegInf = -INFINITY;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // The swizzle pattern follows absolute address bits: tiles start on 1024-byte boundaries.
+  const std::uint32_t raw_addr = smem_u32(smem_raw);
+  unsigned char* smem = smem_raw + ((1024 - raw_addr % 1024) % 1024);
+  const std::uint32_t sbase = smem_u32(smem);
+  const std::uint32_t sQ = sbase, sK = sbase + Tr::kOffK, sV = sbase + Tr::kOffV;
+  const std::uint32_t bar_full = sbase + Tr::kOffBars, bar_empty = bar_full + 8 * kStages;
+
+  const detail::AttentionProblem& p = params.p;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const CtaWork work = cta_work(params, int(blockIdx.x));
+  const int split = work.split, slot = work.slot, b = work.batch;
+  const int Sq = p.seqlen_q_of(b), Sk = p.seqlen_k_of(b);
+  const int m0 = work.m_tile * BM;
+  if (m0 >= Sq) return;  // packed (varlen) batches: this sequence has fewer query tiles
+  const int hk = slot / p.group_size();
+  const int i_lo = m0, i_hi = min(Sq, m0 + BM);
+  const MaskEval me{&p.mask, Sq, Sk, slot};
+
+  int k_lo, k_hi;
+  me.key_range(i_lo, i_hi, k_lo, k_hi);
+  const int t_first = k_lo / BN, t_last = k_hi > k_lo ? (k_hi + BN - 1) / BN : t_first;
+  const int per_split = (t_last - t_first + params.n_splits - 1) / params.n_splits;
+  const int t_begin = min(t_last, t_first + split * per_split), t_end = min(t_last, t_begin + per_split);
+  const bool no_mask = p.mask.is_full();
+  const bool interval_mask = p.mask.dilation == 0 && p.mask.strided == 0 && p.mask.fixed_stride == 0 &&
+                             p.mask.block_layout == nullptr && p.mask.num_global == 0;
+  auto tile_kind = [&](int t) {
+    return no_mask ? TileKind::full : me.classify(i_lo, i_hi, t * BN, min(Sk, (t + 1) * BN));
+  };
+  // Producer and consumers walk the same tile sequence, so the i-th visited tile sits in
+  // stage i % kStages on both sides.
+  auto next_tile = [&](int t) {
+    while (t < t_end && tile_kind(t) == TileKind::empty) ++t;
+    return t;
+  };
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(bar_full + 8 * s, 128);
+      mbar_init(bar_empty + 8 * s, 128 * Tr::kConsumers);
+    }
+  }
+  __syncthreads();
+
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+
+  if (warp >= 4 * Tr::kConsumers) {
+    // ---- producer ----------------------------------------------------------------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Tr::kProducerRegs));
+    // Thread x copies chunk x % 16 of rows x / 16, x / 16 + 8, ...: a half-warp covers one row.
+    const int ptid = int(threadIdx.x) - 128 * Tr::kConsumers;
+    const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(b, 0, hk) : k;
+    const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(b, 0, hk) : v;
+    auto load_tile = [&](int t, int stage) {
+      const int n0 = t * BN;
+      const int c = ptid % 16;
+#pragma unroll 4
+      for (int r = ptid / 16; r < BN; r += 8) {
+        const int j = n0 + r;
+        const bool valid = j < Sk;  // rows past Sk: zero fill (V must be finite where P is 0)
+        const T* ks = k;
+        const T* vs = v;
+        if (valid) {
+          ks = p.k_layout.block_table != nullptr ? k + sm80::row_offset(p.k_layout, b, j, hk)
+                                                 : k_row0 + std::int64_t(j) * p.k_layout.token_stride;
+          vs = p.v_layout.block_table != nullptr ? v + sm80::row_offset(p.v_layout, b, j, hk)
+                                                 : v_row0 + std::int64_t(j) * p.v_layout.token_stride;
+          ks += c * 8;
+          vs += c * 8;
+        }
+        const std::uint32_t off = swizzled(r, c, BN);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sK + stage * Tr::kTileBytesK + off),
+                     "l"(ks), "r"(valid ? 16 : 0)
+                     : "memory");
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sV + stage * Tr::kTileBytesV + off),
+                     "l"(vs), "r"(valid ? 16 : 0)
+                     : "memory");
+      }
+      sm80::cp_async_commit();
+    };
+    // Tile i is announced once tile i + 1's copies are issued, so the copies of one tile stay
+    // in flight while the previous one lands. When the slot for tile i + 1 is not free yet,
+    // tile i is announced first: the consumers may need it before they free that slot (the
+    // pipelined loop releases tile i - 1 only after it has waited for tile i).
+    int pending = -1;  // visit index of the issued, not yet announced tile
+    auto announce = [&](bool keep_one_in_flight) {
+      if (keep_one_in_flight) {
+        sm80::cp_async_wait<1>();
+      } else {
+        sm80::cp_async_wait<0>();
+      }
+      fence_proxy_async();
+      mbar_arrive(bar_full + 8 * (pending % kStages));
+      pending = -1;
+    };
+    int i = 0;
+    for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
+      const int stage = i % kStages, parity = ((i / kStages) & 1) ^ 1;
+      if (pending >= 0 && !mbar_test(bar_empty + 8 * stage, parity)) announce(false);
+      mbar_wait(bar_empty + 8 * stage, parity);
+      load_tile(t, stage);
+      if (pending >= 0) announce(true);
+      pending = i;
+    }
+    if (pending >= 0) announce(false);
+    return;
+  }
+
+  // ---- consumers -----------------------------------------------------------------------
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Tr::kConsumerRegs));
+  const int wg = warp / 4;                   // consumer warpgroup: tile rows [64 wg, 64 wg + 64)
+  const int wg_tid = int(threadIdx.x) % 128;
+  const int warp_row = 64 * wg + 16 * (warp % 4);  // this warp's 16 rows
+  auto tile_row = [&](int h) { return warp_row + lane / 4 + 8 * h; };
+
+  // This warpgroup's 64 Q rows, by its own threads.
+  for (int id = wg_tid; id < 64 * kChunks; id += 128) {
+    const int r = 64 * wg + id / kChunks, c = id % kChunks;
+    const int x = m0 + r;
+    const bool valid = x < Sq;
+    const T* src = valid ? q + sm80::row_offset(p.q_layout, b, x, slot) + c * 8 : q;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sQ + swizzled(r, c, BM)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+  }
+  sm80::cp_async_commit();
+  sm80::cp_async_wait<0>();
+  fence_proxy_async();
+  named_barrier_sync(1 + wg, 128);
+
+  float o[64];
+#pragma unroll
+  for (int e = 0; e < 64; ++e) o[e] = 0.0f;
+  float m_run[2] = {kNegInf, kNegInf};
+  float l_run[2] = {0.0f, 0.0f};
+  const float mul = p.softcap > 0.0f ? 1.0f : params.scale_log2;
+  // Q rows of this warpgroup start 64 rows into each 128-row column block.
+  const std::uint32_t q_base = sQ + 64 * wg * 128;
+
+  // S = Q K^T (64 x 128, D / 16 steps of k16; step k reads 32 bytes into each row of column
+  // block k / 4), issued and committed as one wgmma group.
+  auto issue_qk = [&](float (&s)[64], int stage) {
+    const std::uint32_t k_base = sK + stage * Tr::kTileBytesK;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const std::uint32_t col = (kk % 4) * 32;
+      const std::uint64_t da = sw128_desc(q_base + (kk / 4) * BM * 128 + col, 16, 1024);
+      const std::uint64_t db = sw128_desc(k_base + (kk / 4) * BN * 128 + col, 16, 1024);
+      wgmma_m64n128k16_ss<T>(s, da, db, kk > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+  };
+  // O += P V (BN / 16 steps of k16 over the keys; keys 16 kk.. are rows 16 kk.. of each
+  // column block, and column blocks are BN rows apart), one wgmma group.
+  auto issue_pv = [&](const std::uint32_t (&pa)[BN / 16][4], int stage) {
+    const std::uint32_t v_base = sV + stage * Tr::kTileBytesV;
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const std::uint64_t db = sw128_desc(v_base + kk * 16 * 128, BN * 128, 1024);
+      wgmma_m64n128k16_rs<T>(o, pa[kk], db, 1);
+    }
+    wgmma_commit();
+  };
+  // Soft-cap, mask and online softmax of tile t's scores (sm80's, on one 16-row m-tile of 128
+  // keys per warp): s becomes P (f32), l_run and m_run move on, and the factor by which the
+  // output accumulated so far must be rescaled is returned in scale_old.
+  auto softmax = [&](float (&s)[64], int t, float (&scale_old)[2]) {
+    const TileKind kind = tile_kind(t);
+    const int n0 = t * BN;
+    if (p.softcap > 0.0f) {
+#pragma unroll
+      for (int e = 0; e < 64; ++e) s[e] = params.softcap_log2 * sm80::tanh_exp2(s[e] * (p.scale / p.softcap));
+    }
+    if ((kind == TileKind::partial || n0 + BN > Sk) && interval_mask) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int x = m0 + tile_row(h);
+        int lo = 0, hi = Sk - 1;  // padding rows (past Sq) keep finite scores; never stored
+        if (x < Sq) me.interval(x + me.offset(), lo, hi);
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int j = n0 + nt * 8 + lane % 4 * 2 + e;
+            if (j < lo || j > hi) s[4 * nt + 2 * h + e] = kNegInf;
+          }
+      }
+    } else if (kind == TileKind::partial || n0 + BN > Sk) {
+      // One rolled copy of the predicate fills a bit per score (bit idx is s[idx]).
+      std::uint64_t keep = 0;
+#pragma unroll 1
+      for (int idx = 0; idx < 64; ++idx) {
+        const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
+        const int x = m0 + tile_row(idx % 4 >= 2 ? 1 : 0);
+        const bool ok = j < Sk && (x >= Sq || me.allows(x, j));
+        keep |= std::uint64_t(ok) << idx;
+      }
+#pragma unroll
+      for (int e = 0; e < 64; ++e)
+        if (((keep >> e) & 1u) == 0) s[e] = kNegInf;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = kNegInf;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * h], s[4 * nt + 2 * h + 1]));
+      mx = fmaxf(m_run[h], sm80::quad_max(mx) * mul);
+      const float base = mx == kNegInf ? 0.0f : mx;  // a row with nothing allowed yet stays at 0
+      scale_old[h] = exp2f(m_run[h] - base);
+      m_run[h] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        s[4 * nt + 2 * h] = exp2f(fmaf(s[4 * nt + 2 * h], mul, -base));
+        s[4 * nt + 2 * h + 1] = exp2f(fmaf(s[4 * nt + 2 * h + 1], mul, -base));
+        sum += s[4 * nt + 2 * h] + s[4 * nt + 2 * h + 1];
+      }
+      l_run[h] = l_run[h] * scale_old[h] + sum;
+    }
+  };
+  auto rescale_o = [&](const float (&scale_old)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      o[4 * nt + 0] *= scale_old[0];
+      o[4 * nt + 1] *= scale_old[0];
+      o[4 * nt + 2] *= scale_old[1];
+      o[4 * nt + 3] *= scale_old[1];
+    }
+  };
+  // P as the A operand of the next P V: the C layout of 8-key pairs is mma's A layout.
+  auto pack_p = [&](const float (&s)[64], std::uint32_t (&pa)[BN / 16][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      pa[kk][0] = sm80::pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = sm80::pack2<T>(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = sm80::pack2<T>(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = sm80::pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+  auto wait_full = [&](int i) { mbar_wait(bar_full + 8 * (i % kStages), (i / kStages) & 1); };
+  // Turn-taking: warpgroup w waits on barrier 3 + w (its 128 threads plus the other group's
+  // 128 arrivals), issues, then lets the other group go. Group 1 opens group 0's first turn.
+  auto turn_begin = [&] {
+    if constexpr (kPingpong) named_barrier_sync(3 + wg, 256);
+  };
+  auto turn_end = [&] {
+    if constexpr (kPingpong) named_barrier_arrive(3 + (1 - wg), 256);
+  };
+  if constexpr (kPingpong) {
+    if (wg == 1) named_barrier_arrive(3, 256);
+  }
+
+  float s[64];
+  std::uint32_t pa[BN / 16][4];
+  float scale_old[2];
+  if constexpr (!kOverlap) {
+    // One tile at a time: S, softmax, P V.
+    int i = 0;
+    for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
+      wait_full(i);
+      turn_begin();
+      wgmma_fence();
+      issue_qk(s, i % kStages);
+      turn_end();
+      wgmma_wait<0>();
+      fence_registers(s);
+      softmax(s, t, scale_old);
+      rescale_o(scale_old);
+      pack_p(s, pa);
+      wgmma_fence();
+      issue_pv(pa, i % kStages);
+      wgmma_wait<0>();
+      fence_registers(o);
+      mbar_arrive(bar_empty + 8 * (i % kStages));
+    }
+  } else {
+    // Software-pipelined by one tile: S of tile i is computed on the tensor cores while they
+    // also run P V of tile i - 1, and tile i's softmax overlaps that P V. The output is
+    // rescaled to tile i's row maxima only once P V of tile i - 1 (at the old maxima) is done.
+    int t = next_tile(t_begin);
+    if (t < t_end) {
+      wait_full(0);
+      turn_begin();
+      wgmma_fence();
+      issue_qk(s, 0);
+      turn_end();
+      wgmma_wait<0>();
+      fence_registers(s);
+      softmax(s, t, scale_old);  // o is 0: nothing to rescale
+      pack_p(s, pa);
+      int i = 1;
+      for (t = next_tile(t + 1); t < t_end; t = next_tile(t + 1), ++i) {
+        wait_full(i);
+        turn_begin();
+        wgmma_fence();
+        issue_qk(s, i % kStages);
+        issue_pv(pa, (i - 1) % kStages);
+        turn_end();
+        wgmma_wait<1>();  // groups retire in order: S is ready, P V may still run
+        fence_registers(s);
+        softmax(s, t, scale_old);
+        wgmma_wait<0>();
+        fence_registers(o);
+        mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
+        rescale_o(scale_old);
+        pack_p(s, pa);
+      }
+      wgmma_fence();
+      issue_pv(pa, (i - 1) % kStages);
+      wgmma_wait<0>();
+      fence_registers(o);
+      mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
+    }
+  }
+
+  // ---- epilogue ------------------------------------------------------------------------
+  float inv_l[2], lse[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float l = sm80::quad_sum(l_run[h]);
+    inv_l[h] = l > 0.0f ? 1.0f / l : 0.0f;
+    lse[h] = l > 0.0f ? (m_run[h] + __log2f(l)) * sm80::kLn2 : kNegInf;
+  }
+  const int Hq = p.heads_q;
+
+  if (params.n_splits > 1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int x = m0 + tile_row(h);
+      if (x >= Sq) continue;
+      const std::int64_t row = ((std::int64_t(split) * p.batch + b) * p.seqlen_q + x) * Hq + slot;
+      float* dst = params.o_part + row * D;
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+        *reinterpret_cast<float2*>(dst + nt * 8 + lane % 4 * 2) =
+            make_float2(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
+      if (lane % 4 == 0) params.lse_part[row] = lse[h];
+    }
+    return;
+  }
+
+  // Stage this warpgroup's 64 rows in its part of sQ (swizzled: conflict-free 4-byte writes
+  // and 16-byte reads) so the global stores are 16-byte and row-contiguous.
+  named_barrier_sync(1 + wg, 128);  // every warp of the group is past its last wgmma on sQ
+  unsigned char* sO = smem;
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = tile_row(h), col = nt * 8 + lane % 4 * 2;
+      *reinterpret_cast<std::uint32_t*>(sO + swizzled(r, col / 8, BM) + (col % 8) * 2) =
+          sm80::pack2<T>(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
+    }
+  named_barrier_sync(1 + wg, 128);
+  T* out = static_cast<T*>(p.out);
+  for (int id = wg_tid; id < 64 * kChunks; id += 128) {
+    const int r = 64 * wg + id / kChunks, c = id % kChunks;
+    const int x = m0 + r;
+    if (x >= Sq) continue;
+    *reinterpret_cast<uint4*>(out + sm80::row_offset(p.out_layout, b, x, slot) + c * 8) =
+        *reinterpret_cast<const uint4*>(sO + swizzled(r, c, BM));
+  }
+  if (p.lse != nullptr && lane % 4 == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int x = m0 + tile_row(h);
+      if (x < Sq) p.lse[sm80::row_offset(p.lse_layout, b, x, slot)] = lse[h];
+    }
+  }
+#endif
+}
+
+template <class T, int D>
+void launch_fwd(const FwdParams& params, cudaStream_t stream) {
+  using Tr = Sm90FwdTraits<D>;
+  // sm90_variant: 0 plain (default), 1 pipelined, 2 plain + ping-pong, 3 pipelined + ping-pong.
+  const auto kernel = params.sm90_variant == 1   ? flash_fwd_sm90_kernel<T, D, true, false>
+                      : params.sm90_variant == 2 ? flash_fwd_sm90_kernel<T, D, false, true>
+                      : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, true, true>
+                                                 : flash_fwd_sm90_kernel<T, D, false, false>;
+  ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
+  kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
+  ATTN_CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
+}
+
+}  // namespace attn::cuda::sm90
+
+/// One explicit instantiation of the Hopper forward, for a src/cuda/sm90/flash_fwd_*.cu file.
+#define ATTN_INSTANTIATE_FLASH_FWD_SM90(DTYPE, CTYPE, D)                                   \
+  namespace attn::cuda {                                                                   \
+  template <>                                                                              \
+  void launch_flash_fwd_sm90<DType::DTYPE, D>(const FwdParams& params, cudaStream_t stream) { \
+    sm90::launch_fwd<CTYPE, D>(params, stream);                                            \
+  }                                                                                        \
+  }
