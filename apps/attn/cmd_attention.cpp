@@ -153,33 +153,35 @@ constexpr std::pair<const char*, const char*> kCacheArguments[] = {
 
 /// attention_with_kvcache over the caches the options name. The append goes into the caches as
 /// read into memory (the input files stay as they were), and every output file is written only
-/// after the call succeeded; the library validates everything before it writes anything.
-int cache_attention(const Args& args, Backend backend, DType dtype, DType out_dtype, const AttentionParams& params,
-                    std::ostream& out) {
+/// after the call succeeded; the library validates everything before it writes anything. With
+/// --backend cuda every input is copied to the device, and the results and the updated caches
+/// come back from it.
+int cache_attention(const Args& args, Backend backend, Device device, DType dtype, DType out_dtype,
+                    const AttentionParams& params, std::ostream& out) {
   for (const char* o : {"--k", "--v", "--cu-seqlens-q", "--cu-seqlens-k"})
     if (args.has(o)) args.fail(o, "cannot be combined with --k-cache (attention over a cache)");
   for (const char* o : {"--dout", "--dq", "--dk", "--dv"})
     if (args.has(o)) args.fail(o, "attention over a cache is forward only");
-  if (backend == Backend::cuda) args.fail("--backend", "attention over a cache has no cuda path yet (use cpu)");
   if (args.has("--k-new") != args.has("--v-new"))
     args.fail(args.has("--k-new") ? "--v-new" : "--k-new", "--k-new and --v-new go together");
 
   KVCacheArgs ka;
   ka.params = params;
-  const Tensor q = load_tokens(args, "--q", false, dtype);
-  const Tensor k_cache = load_tokens(args, "--k-cache", false, dtype);
-  const Tensor v_cache = load_tokens(args, "--v-cache", false, dtype);
-  const Tensor seqlens = load(args, "--cache-seqlens", {DType::i32}, "an int32 array");
+  const Tensor q = on_device(load_tokens(args, "--q", false, dtype), device);
+  const Tensor k_cache = on_device(load_tokens(args, "--k-cache", false, dtype), device);
+  const Tensor v_cache = on_device(load_tokens(args, "--v-cache", false, dtype), device);
+  const Tensor seqlens = on_device(load(args, "--cache-seqlens", {DType::i32}, "an int32 array"), device);
   Tensor table, k_new, v_new;
-  if (args.has("--block-table")) table = load(args, "--block-table", {DType::i32}, "an int32 array");
+  if (args.has("--block-table"))
+    table = on_device(load(args, "--block-table", {DType::i32}, "an int32 array"), device);
   if (args.has("--k-new")) {
-    k_new = load_tokens(args, "--k-new", false, dtype);
-    v_new = load_tokens(args, "--v-new", false, dtype);
+    k_new = on_device(load_tokens(args, "--k-new", false, dtype), device);
+    v_new = on_device(load_tokens(args, "--v-new", false, dtype), device);
   }
   const std::string out_path = args.required("--out");
-  const Tensor o = like(q.view(), out_dtype, Device::cpu(), v_cache.size(-1));
+  const Tensor o = like(q.view(), out_dtype, device, v_cache.size(-1));
   Tensor lse;
-  if (args.has("--lse")) lse = Tensor({q.size(0), q.size(2), q.size(1)}, DType::f32);
+  if (args.has("--lse")) lse = Tensor({q.size(0), q.size(2), q.size(1)}, DType::f32, device);
   ka.q = q;
   ka.k_cache = k_cache;
   ka.v_cache = v_cache;
@@ -239,7 +241,7 @@ int attention_command(const Argv& argv, std::ostream& out) {
   params.softcap = float(args.number("--softcap", 0.0, 0.0));
   if (args.has("--scale") && params.scale <= 0.0f)
     args.fail("--scale", "expected a number > 0, got '" + *args.get("--scale") + "'");
-  if (args.has("--k-cache")) return cache_attention(args, backend, dtype, out_dtype, params, out);
+  if (args.has("--k-cache")) return cache_attention(args, backend, device, dtype, out_dtype, params, out);
   for (const char* o : {"--v-cache", "--cache-seqlens", "--block-table", "--k-new", "--v-new", "--k-cache-out",
                         "--v-cache-out"})
     if (args.has(o)) args.fail(o, "needs --k-cache KC.npy (attention over a cache)");

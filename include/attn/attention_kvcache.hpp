@@ -23,6 +23,13 @@
 // Everything is validated first (shapes, dtypes, lengths against Smax or the block table,
 // page ids, two sequences writing one cache slot); a call that throws changes nothing.
 // cache_seqlens is not advanced: the caller owns the lengths.
+//
+// Devices: every tensor on the CPU, or every tensor on one CUDA device (the backend follows
+// q's device, as in attention_forward). On CUDA the append and the attention run on the
+// device's default stream, asynchronously; the checks need cache_seqlens and the block table
+// on the host, so the call first copies those small int32 arrays back (a synchronous copy).
+// The CUDA path runs f16 and bf16 with the head dims of the CUDA forward; page sizes are
+// free (any page_size >= 1), and the workspace lives on the device.
 #pragma once
 
 #include <cstddef>
@@ -44,7 +51,7 @@ struct KVCacheArgs {
 
 /// Workspace bytes the backend needs (validates like the call itself).
 std::size_t attention_with_kvcache_workspace_size(const KVCacheArgs& args, Backend backend = Backend::automatic);
-/// Uses the given workspace; never allocates device memory for the kernel.
+/// Uses the given workspace (on q's device); never allocates device memory for the kernel.
 void attention_with_kvcache(const KVCacheArgs& args, Workspace workspace, Backend backend = Backend::automatic);
 /// Allocates the workspace it needs.
 void attention_with_kvcache(const KVCacheArgs& args, Backend backend = Backend::automatic);

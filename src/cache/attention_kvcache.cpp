@@ -1,6 +1,8 @@
 // attention_with_kvcache: validate everything, write the new tokens, then run the backend on
 // an AttentionProblem whose k/v TokenLayout addresses the cache in place (paged or not) and
-// whose seqlens_k holds each sequence's length.
+// whose seqlens_k holds each sequence's length. On CUDA tensors the checks run on the host
+// (over host copies of cache_seqlens and the block table), then the append and the forward
+// run on the device.
 #include "attn/attention_kvcache.hpp"
 
 #include <algorithm>
@@ -10,6 +12,10 @@
 #include "cache/views.hpp"
 #include "cpu/backend.hpp"
 #include "validate.hpp"
+#if defined(ATTN_WITH_CUDA)
+#include "cuda/backend.hpp"
+#include "cuda/kvcache_append.hpp"
+#endif
 
 namespace attn {
 namespace {
@@ -26,15 +32,46 @@ struct Resolved {
   std::int64_t table_width = 0;
 };
 
+/// The backend by q's device, as attention_forward picks it; the other tensors are checked
+/// against q's device in resolve.
 Backend pick(Backend requested, const TensorView& q) {
-  ATTN_CHECK(q.device.is_cpu(), "q: attention_with_kvcache expects CPU tensors for now, got ", q.device.str());
-  ATTN_CHECK(requested != Backend::cuda, "backend: attention_with_kvcache has no cuda path yet");
-  return requested == Backend::automatic ? Backend::cpu : requested;
+  ATTN_CHECK(q.defined(), "q: required");
+  if (requested == Backend::automatic) return q.device.is_cuda() ? Backend::cuda : Backend::cpu;
+  if (requested == Backend::cuda) {
+#if !defined(ATTN_WITH_CUDA)
+    detail::fail("backend: cuda was requested, but this build of attn has no CUDA backend (nvcc was not found)");
+#endif
+    ATTN_CHECK(q.device.is_cuda(), "backend: cuda expects tensors on a CUDA device, got ", q.device.str());
+  } else {
+    ATTN_CHECK(q.device.is_cpu(), "backend: ", backend_name(requested), " expects CPU tensors, got ", q.device.str());
+  }
+  return requested;
 }
 
 void check_dim(const TensorView& t, const char* name, int d, std::int64_t want, const char* what) {
   ATTN_CHECK(t.shape[std::size_t(d)] == want, name, ": expected ", what, " = ", want, " in dimension ", d,
              ", got shape ", t.shape_str());
+}
+
+/// Host copy of an i32 (B, M) block table with unit-stride rows, row-major. A CUDA table is
+/// copied in one piece when its rows are adjacent, else row by row.
+std::vector<std::int32_t> read_table(const TensorView& bt) {
+  const std::int64_t B = bt.shape[0], M = bt.shape[1];
+  std::vector<std::int32_t> out(std::size_t(B * M));
+  if (out.empty()) return out;
+  if (bt.device.is_cpu()) {
+    for (std::int64_t b = 0; b < B; ++b)
+      for (std::int64_t i = 0; i < M; ++i)
+        out[std::size_t(b * M + i)] = bt.as<std::int32_t>()[b * bt.stride[0] + i * bt.stride[1]];
+    return out;
+  }
+  const bool adjacent = bt.stride[0] == M || B == 1;
+  for (std::int64_t b = 0; b < (adjacent ? 1 : B); ++b) {
+    const std::int64_t n = adjacent ? B * M : M;
+    copy(TensorView::contiguous(out.data() + b * M, DType::i32, {n}),
+         TensorView::contiguous(bt.as<std::int32_t>() + b * bt.stride[0], DType::i32, {n}, bt.device));
+  }
+  return out;
 }
 
 /// The cache slot (Hk, D) where token `pos` of sequence b lives.
@@ -83,10 +120,7 @@ Resolved resolve(const KVCacheArgs& a, Backend backend) {
     ATTN_CHECK(bt.stride[1] == 1 || bt.shape[1] <= 1, "block_table: expected a unit stride in the last dimension");
     ATTN_CHECK(a.k_cache.shape[1] >= 1, "k_cache: expected page_size >= 1, got ", a.k_cache.shape_str());
     r.table_width = bt.shape[1];
-    r.table.resize(std::size_t(B * r.table_width));
-    for (std::int64_t b = 0; b < B; ++b)
-      for (std::int64_t i = 0; i < r.table_width; ++i)
-        r.table[std::size_t(b * r.table_width + i)] = bt.as<std::int32_t>()[b * bt.stride[0] + i * bt.stride[1]];
+    r.table = read_table(bt);
   } else {
     check_dim(a.k_cache, "k_cache", 0, B, "batch (from q)");
   }
@@ -97,6 +131,12 @@ Resolved resolve(const KVCacheArgs& a, Backend backend) {
              dtype_name(cs.dtype), " ", cs.shape_str());
   ATTN_CHECK(cs.device == dev, "cache_seqlens: expected device ", dev.str(), ", got ", cs.device.str());
   check_dim(cs, "cache_seqlens", 0, B, "batch (from q)");
+  // The device kernels read cache_seqlens in place, one int per sequence.
+  ATTN_CHECK(cs.device.is_cpu() || cs.stride[0] == 1 || B <= 1,
+             "cache_seqlens: expected a contiguous vector on a CUDA device, got stride ", cs.stride[0]);
+  // As in flash_attn, the lengths of CUDA tensors live on the device; every check below needs
+  // them on the host, so B ints are copied back (a synchronous copy, which also waits for the
+  // work queued before this call that may still be writing them).
   r.cache_len = detail::read_i32(cs);
 
   ATTN_CHECK(a.k_new.defined() == a.v_new.defined(), "k_new: expected k_new and v_new together, or neither");
@@ -236,20 +276,73 @@ void reference_forward(const KVCacheArgs& a, const Resolved& r) {
   }
 }
 
+#if defined(ATTN_WITH_CUDA)
+constexpr std::size_t kWorkspaceAlign = 256;
+
+/// The CUDA workspace starts with the device copy of the key lengths (the forward reads
+/// seqlens_k on the device), then holds the forward's split-KV partials.
+std::size_t cuda_lengths_bytes(const Resolved& r) {
+  return (std::size_t(r.p.batch) * sizeof(std::int32_t) + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign;
+}
+
+/// Also the CUDA path's last checks: the forward's planner rejects what its kernels cannot
+/// run (dtype, rows off the 16-byte grid, grid limits), and it must do so before the append.
+std::size_t cuda_workspace_size(const Resolved& r) {
+  ATTN_CHECK(r.p.dtype == DType::f16 || r.p.dtype == DType::bf16,
+             "q: the cuda backend runs f16 and bf16 (f32 accumulation); got ", dtype_name(r.p.dtype),
+             " (convert the inputs to bf16 or f16, or use the cpu backend)");
+  return cuda_lengths_bytes(r) + cuda::forward_workspace_size(r.p);
+}
+
+/// Append on the device, then the forward over each sequence's first cache_seqlens[b] + Snew
+/// keys. Everything queues on the default stream, so the forward sees the appended tokens.
+void cuda_run(const KVCacheArgs& a, Resolved& r, Workspace ws) {
+  const auto* cache_seqlens = a.cache_seqlens.as<std::int32_t>();
+  if (r.snew > 0) {
+    cuda::KvAppendParams ap;
+    ap.k = {a.k_cache.data, r.p.k_layout, a.k_new.data, detail::token_layout(a.k_new, false, nullptr), r.p.head_dim};
+    ap.v = {a.v_cache.data, r.p.v_layout, a.v_new.data, detail::token_layout(a.v_new, false, nullptr),
+            r.p.head_dim_v};
+    ap.cache_seqlens = cache_seqlens;
+    ap.batch = r.p.batch;
+    ap.seqlen_new = int(r.snew);
+    ap.heads_kv = r.p.heads_kv;
+    ap.element_size = dtype_size(r.p.dtype);
+    cuda::launch_kvcache_append(ap);
+  }
+  auto* lengths = static_cast<std::int32_t*>(ws.data);
+  cuda::launch_kvcache_seqlens(cache_seqlens, int(r.snew), r.p.batch, lengths);
+  r.p.seqlens_k = lengths;
+  const std::size_t skip = cuda_lengths_bytes(r);
+  cuda::forward(r.p, Workspace{skip < ws.bytes ? static_cast<char*>(ws.data) + skip : nullptr, ws.bytes - skip});
+}
+#endif
+
+std::size_t workspace_size(const Resolved& r, Backend backend) {
+  if (backend == Backend::reference) return 0;
+#if defined(ATTN_WITH_CUDA)
+  if (backend == Backend::cuda) return cuda_workspace_size(r);
+#endif
+  return cpu::forward_workspace_size(r.p);
+}
+
 }  // namespace
 
 std::size_t attention_with_kvcache_workspace_size(const KVCacheArgs& args, Backend backend) {
   backend = pick(backend, args.q);
-  const Resolved r = resolve(args, backend);
-  return backend == Backend::reference ? 0 : cpu::forward_workspace_size(r.p);
+  return workspace_size(resolve(args, backend), backend);
 }
 
 void attention_with_kvcache(const KVCacheArgs& args, Workspace ws, Backend backend) {
   backend = pick(backend, args.q);
-  const Resolved r = resolve(args, backend);
-  const std::size_t need = backend == Backend::reference ? 0 : cpu::forward_workspace_size(r.p);
+  Resolved r = resolve(args, backend);
+  const std::size_t need = workspace_size(r, backend);
   ATTN_CHECK(need == 0 || (ws.data != nullptr && ws.bytes >= need), "workspace: expected at least ", need,
              " bytes, got ", ws.bytes);
+  // Nothing has been written up to here: every check above throws with the caches untouched.
+#if defined(ATTN_WITH_CUDA)
+  if (backend == Backend::cuda) return cuda_run(args, r, ws);
+#endif
   write_new_tokens(args, r);
   if (backend == Backend::reference) {
     reference_forward(args, r);
@@ -259,9 +352,10 @@ void attention_with_kvcache(const KVCacheArgs& args, Workspace ws, Backend backe
 }
 
 void attention_with_kvcache(const KVCacheArgs& args, Backend backend) {
+  backend = pick(backend, args.q);
   const std::size_t bytes = attention_with_kvcache_workspace_size(args, backend);
   Tensor scratch;
-  if (bytes > 0) scratch = Tensor({std::int64_t(bytes)}, DType::u8);
+  if (bytes > 0) scratch = Tensor({std::int64_t(bytes)}, DType::u8, args.q.device);
   attention_with_kvcache(args, Workspace{scratch.defined() ? scratch.data() : nullptr, bytes}, backend);
 }
 

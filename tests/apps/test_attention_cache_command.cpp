@@ -4,6 +4,7 @@
 // option, no output files).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 
@@ -145,6 +146,47 @@ TEST_F(CacheCommand, CpuPagedMatchesReference) {
   expect_matches_direct(true, "p", 2e-5);
 }
 
+// --backend cuda against --backend cpu on the same files (bf16, head dim 64): pages of 5 tokens
+// (a multiple of no tile) and a contiguous cache, with an append. Outputs within the rounding
+// of two bf16 results; the updated caches exactly equal.
+TEST(CacheCommandCuda, MatchesCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  constexpr int B = 2, Sq = 2, Snew = 2, Hq = 4, Hk = 2, D = 64, page = 5, pages = 9, width = 4, smax = 20;
+  test::TempDir dir;
+  write_npy(dir / "q.npy", test::randn({B, Sq, Hq, D}, DType::f32));
+  write_npy(dir / "kc.npy", test::randn({B, smax, Hk, D}, DType::f32));
+  write_npy(dir / "vc.npy", test::randn({B, smax, Hk, D}, DType::f32));
+  write_npy(dir / "pk.npy", test::randn({pages, page, Hk, D}, DType::f32));
+  write_npy(dir / "pv.npy", test::randn({pages, page, Hk, D}, DType::f32));
+  write_npy(dir / "kn.npy", test::randn({B, Snew, Hk, D}, DType::f32));
+  write_npy(dir / "vn.npy", test::randn({B, Snew, Hk, D}, DType::f32));
+  write_npy(dir / "cs.npy", test::i32({3, 17}));  // 17 + 2 new crosses into the fourth page
+  Tensor table({B, width}, DType::i32);
+  const std::vector<std::int32_t> rows = {4, 0, 8, 2, 7, 1, 5, 3};
+  std::copy(rows.begin(), rows.end(), table.as<std::int32_t>());
+  write_npy(dir / "bt.npy", table);
+  for (const bool paged : {false, true}) {
+    const auto command = [&](const std::string& backend) {
+      cli::Argv a = {"--q", dir / "q.npy", "--k-cache", dir / (paged ? "pk.npy" : "kc.npy"), "--v-cache",
+                     dir / (paged ? "pv.npy" : "vc.npy"), "--cache-seqlens", dir / "cs.npy", "--k-new",
+                     dir / "kn.npy", "--v-new", dir / "vn.npy", "--out", dir / ("o_" + backend + ".npy"), "--lse",
+                     dir / ("l_" + backend + ".npy"), "--k-cache-out", dir / ("kco_" + backend + ".npy"),
+                     "--v-cache-out", dir / ("vco_" + backend + ".npy"), "--causal", "--dtype", "bf16",
+                     "--backend", backend};
+      if (paged) a.insert(a.end(), {"--block-table", dir / "bt.npy"});
+      return a;
+    };
+    for (const std::string backend : {"cpu", "cuda"}) {
+      const Result r = run(command(backend));
+      ASSERT_EQ(r.code, 0) << backend << ": " << r.err;
+    }
+    EXPECT_LE(test::max_abs_diff(read_npy(dir / "o_cuda.npy"), read_npy(dir / "o_cpu.npy")), 2e-2) << paged;
+    EXPECT_LE(test::max_abs_diff(read_npy(dir / "l_cuda.npy"), read_npy(dir / "l_cpu.npy")), 1e-4) << paged;
+    EXPECT_EQ(test::max_abs_diff(read_npy(dir / "kco_cuda.npy"), read_npy(dir / "kco_cpu.npy")), 0.0) << paged;
+    EXPECT_EQ(test::max_abs_diff(read_npy(dir / "vco_cuda.npy"), read_npy(dir / "vco_cpu.npy")), 0.0) << paged;
+  }
+}
+
 TEST(CacheCommandHelp, ListsTheCacheOptions) {
   const Result r = run({"--help"});
   EXPECT_EQ(r.code, 0);
@@ -186,7 +228,7 @@ TEST_F(CacheCommand, BadArgumentsNameTheOption) {
   expect_rejected(with({"--k", dir_ / "kc.npy"}), "--k");
   expect_rejected(with({"--dout", dir_ / "q.npy"}), "--dout");
   expect_rejected(with({"--cu-seqlens-q", dir_ / "cs.npy"}), "--cu-seqlens-q");
-  expect_rejected(command(false, "cuda", "c"), "--backend");
+  if (!cuda_available()) expect_rejected(command(false, "cuda", "c"), "--backend");  // no GPU here
   cli::Argv a = without("--cache-seqlens");
   a.insert(a.end(), {"--cache-seqlens", dir_ / "q.npy"});
   expect_rejected(a, "--cache-seqlens");  // float, not int32

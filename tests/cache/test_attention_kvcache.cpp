@@ -410,6 +410,8 @@ TEST(AttentionKVCache, RejectsBadArgumentsNamingThemAndChangesNothing) {
     b.block_table = sc.cache_seqlens;  // 1-d
     expect_rejected(b, "block_table");
   }
+  // The cuda backend wants device tensors (and a CUDA build); these are on the CPU.
+  expect_rejected(a, "backend", Backend::cuda);
 }
 
 TEST(AttentionKVCache, ContiguousCacheAppendThenAttend) {
