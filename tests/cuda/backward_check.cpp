@@ -216,6 +216,8 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
   const double scale = c.scale > 0 ? c.scale : 1.0 / std::sqrt(double(D));
   std::vector<double> dq_slack(std::size_t(dq_ref.numel())), dk_slack(std::size_t(dk_ref.numel()));
   std::vector<char> masked_rows(std::size_t(dq_ref.numel() / D));
+  std::vector<double> dv_slack;
+  const double u = unit_roundoff(c.dtype);
   {
     Tensor out_exact = host_tensor(o_shape, DType::f64), lse_exact = host_tensor(lse_shape, DType::f64);
     ForwardArgs f;
@@ -272,6 +274,15 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
     for (std::int64_t j = 0; j < dk_w.numel() / D; ++j)
       for (int e = 0; e < D; ++e)
         dk_slack[std::size_t(j * D + e)] = 2 * scale * qmax * read_element(dv_w, j * Dv);
+
+    // dV = P^T dO takes P rounded to the storage dtype, which moves dv_jc by up to
+    // (u / 2) sum_i P_ij |dO_ic|: where the terms cancel, that exceeds 6u (|dv_jc| + rms) (seen
+    // once in causal_d128_f16: one element at 1.03x). One more reference backward gives the
+    // sum, as dv with dout = |dO|.
+    for (std::int64_t i = 0; i < dd.numel(); ++i) write_element(dd.view(), i, std::abs(read_element(dout_h, i)));
+    attention_backward(r, Backend::reference);
+    dv_slack.resize(std::size_t(dv_w.numel()));
+    for (std::int64_t i = 0; i < dv_w.numel(); ++i) dv_slack[std::size_t(i)] = u * read_element(dv_w, i);
   }
 
   Tensor q_d = to_device(q_h), k_d = to_device(k_h), v_d = to_device(v_h), out_d = to_device(out_h),
@@ -306,12 +317,11 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
   Tensor dq, dk, dv;
   run(dq, dk, dv);
 
-  const double u = unit_roundoff(c.dtype);
   std::ostringstream why, summary;
   int failures = 0;
   compare("dq", dq, dq_ref, D, u, dq_slack, masked_rows, why, failures, summary);
   compare("dk", dk, dk_ref, D, u, dk_slack, {}, why, failures, summary);
-  compare("dv", dv, dv_ref, Dv, u, {}, {}, why, failures, summary);
+  compare("dv", dv, dv_ref, Dv, u, dv_slack, {}, why, failures, summary);
   if (repeat_bitwise) {
     Tensor dq2, dk2, dv2;
     run(dq2, dk2, dv2);
