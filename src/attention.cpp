@@ -14,22 +14,6 @@
 namespace attn {
 namespace {
 
-Backend pick(Backend requested, const TensorView& q) {
-  if (requested != Backend::automatic) {
-    if (requested == Backend::cuda) {
-#if !defined(ATTN_WITH_CUDA)
-      detail::fail("backend: cuda was requested, but this build of attn has no CUDA backend (nvcc was not found)");
-#endif
-      ATTN_CHECK(q.device.is_cuda(), "backend: cuda expects tensors on a CUDA device, got ", q.device.str());
-    } else {
-      ATTN_CHECK(q.device.is_cpu(), "backend: ", backend_name(requested), " expects CPU tensors, got ",
-                 q.device.str());
-    }
-    return requested;
-  }
-  return q.device.is_cuda() ? Backend::cuda : Backend::cpu;
-}
-
 void check_workspace(Workspace ws, std::size_t need) {
   ATTN_CHECK(need == 0 || (ws.data != nullptr && ws.bytes >= need), "workspace: expected at least ", need,
              " bytes, got ", ws.bytes);
@@ -66,7 +50,7 @@ Backend parse_backend(const char* text, const char* what) {
 }
 
 std::size_t attention_forward_workspace_size(const ForwardArgs& args, Backend backend) {
-  backend = pick(backend, args.q);
+  backend = detail::pick_backend(backend, args.q);
   if (backend == Backend::reference) return 0;
   const detail::AttentionProblem p = detail::resolve_forward(args, backend);
 #if defined(ATTN_WITH_CUDA)
@@ -76,7 +60,7 @@ std::size_t attention_forward_workspace_size(const ForwardArgs& args, Backend ba
 }
 
 std::size_t attention_backward_workspace_size(const BackwardArgs& args, Backend backend) {
-  backend = pick(backend, args.q);
+  backend = detail::pick_backend(backend, args.q);
   if (backend == Backend::reference) return 0;
   const detail::BackwardProblem p = detail::resolve_backward(args, backend);
 #if defined(ATTN_WITH_CUDA)
@@ -86,7 +70,7 @@ std::size_t attention_backward_workspace_size(const BackwardArgs& args, Backend 
 }
 
 void attention_forward(const ForwardArgs& args, Workspace ws, Backend backend) {
-  backend = pick(backend, args.q);
+  backend = detail::pick_backend(backend, args.q);
   if (backend == Backend::reference) {
     detail::resolve_forward(args, backend);
     reference::forward(args);
@@ -105,7 +89,7 @@ void attention_forward(const ForwardArgs& args, Workspace ws, Backend backend) {
 }
 
 void attention_backward(const BackwardArgs& args, Workspace ws, Backend backend) {
-  backend = pick(backend, args.q);
+  backend = detail::pick_backend(backend, args.q);
   if (backend == Backend::reference) {
     detail::resolve_backward(args, backend);
     reference::backward(args);
@@ -124,13 +108,13 @@ void attention_backward(const BackwardArgs& args, Workspace ws, Backend backend)
 }
 
 void attention_forward(const ForwardArgs& args, Backend backend) {
-  const Backend b = pick(backend, args.q);
+  const Backend b = detail::pick_backend(backend, args.q);
   OwnedWorkspace w(attention_forward_workspace_size(args, b), args.q.device);
   attention_forward(args, w.ws, b);
 }
 
 void attention_backward(const BackwardArgs& args, Backend backend) {
-  const Backend b = pick(backend, args.q);
+  const Backend b = detail::pick_backend(backend, args.q);
   OwnedWorkspace w(attention_backward_workspace_size(args, b), args.q.device);
   attention_backward(args, w.ws, b);
 }

@@ -28,6 +28,19 @@ int max_len(const std::vector<std::int32_t>& cu) {
 
 }  // namespace
 
+Backend pick_backend(Backend requested, const TensorView& q) {
+  if (requested == Backend::automatic) return q.device.is_cuda() ? Backend::cuda : Backend::cpu;
+  if (requested == Backend::cuda) {
+#if !defined(ATTN_WITH_CUDA)
+    fail("backend: cuda was requested, but this build of attn has no CUDA backend (nvcc was not found)");
+#endif
+    ATTN_CHECK(q.device.is_cuda(), "backend: cuda expects tensors on a CUDA device, got ", q.device.str());
+  } else {
+    ATTN_CHECK(q.device.is_cpu(), "backend: ", backend_name(requested), " expects CPU tensors, got ", q.device.str());
+  }
+  return requested;
+}
+
 void check_head_dims(Backend backend, int d, int dv) {
   switch (backend) {
     case Backend::reference:

@@ -9,6 +9,10 @@
 
 namespace attn::detail {
 
+/// The backend a call runs on: `requested`, checked against q's device, or (automatic) the
+/// one of q's device. Errors name `backend`.
+Backend pick_backend(Backend requested, const TensorView& q);
+
 /// Head-dim limits of a backend ("head_dim must be ..."), checked by resolve_*.
 void check_head_dims(Backend backend, int head_dim, int head_dim_v);
 

@@ -36,16 +36,7 @@ struct Resolved {
 /// against q's device in resolve.
 Backend pick(Backend requested, const TensorView& q) {
   ATTN_CHECK(q.defined(), "q: required");
-  if (requested == Backend::automatic) return q.device.is_cuda() ? Backend::cuda : Backend::cpu;
-  if (requested == Backend::cuda) {
-#if !defined(ATTN_WITH_CUDA)
-    detail::fail("backend: cuda was requested, but this build of attn has no CUDA backend (nvcc was not found)");
-#endif
-    ATTN_CHECK(q.device.is_cuda(), "backend: cuda expects tensors on a CUDA device, got ", q.device.str());
-  } else {
-    ATTN_CHECK(q.device.is_cpu(), "backend: ", backend_name(requested), " expects CPU tensors, got ", q.device.str());
-  }
-  return requested;
+  return detail::pick_backend(requested, q);
 }
 
 void check_dim(const TensorView& t, const char* name, int d, std::int64_t want, const char* what) {

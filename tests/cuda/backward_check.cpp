@@ -1,4 +1,5 @@
 #include "cuda/backward_check.hpp"
+#include "cuda/device_tensors.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -12,42 +13,6 @@
 
 namespace attn::test::cuda {
 namespace {
-
-using Shape = std::vector<std::int64_t>;
-
-Tensor host_tensor(const Shape& shape, DType dtype) { return Tensor(std::span<const std::int64_t>(shape), dtype); }
-
-Tensor host_randn(const Shape& shape, DType dtype, double sigma, std::mt19937_64& gen) {
-  Tensor t = host_tensor(shape, dtype);
-  std::normal_distribution<double> nd(0.0, sigma);
-  for (std::int64_t i = 0; i < t.numel(); ++i) write_element(t.view(), i, nd(gen));
-  return t;
-}
-
-Tensor host_i32(const std::vector<int>& values) {
-  Tensor t = host_tensor({std::int64_t(values.size())}, DType::i32);
-  std::copy(values.begin(), values.end(), t.as<std::int32_t>());
-  return t;
-}
-
-Tensor to_device(const Tensor& h) {
-  Tensor d(std::span<const std::int64_t>(h.view().shape.data(), std::size_t(h.view().ndim)), h.dtype(), Device::cuda());
-  copy(d, h);
-  return d;
-}
-
-Tensor to_host(const Tensor& d) {
-  Tensor h(std::span<const std::int64_t>(d.view().shape.data(), std::size_t(d.view().ndim)), d.dtype());
-  copy(h, d);
-  return h;
-}
-
-/// A device tensor full of NaN, so that any element the kernel fails to write is caught.
-Tensor poisoned_device(const Shape& shape, DType dtype) {
-  Tensor h = host_tensor(shape, dtype);
-  for (std::int64_t i = 0; i < h.numel(); ++i) write_element(h.view(), i, std::numeric_limits<double>::quiet_NaN());
-  return to_device(h);
-}
 
 /// Unit roundoff of the storage type as the forward checks count it (one rounding's bound x 2).
 double unit_roundoff(DType t) { return t == DType::bf16 ? 1.0 / 256 : 1.0 / 2048; }

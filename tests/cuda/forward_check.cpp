@@ -1,4 +1,5 @@
 #include "cuda/forward_check.hpp"
+#include "cuda/device_tensors.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -17,43 +18,6 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-using Shape = std::vector<std::int64_t>;
-
-Tensor host_tensor(const Shape& shape, DType dtype) { return Tensor(std::span<const std::int64_t>(shape), dtype); }
-
-Tensor host_randn(const Shape& shape, DType dtype, double sigma, std::mt19937_64& gen) {
-  Tensor t = host_tensor(shape, dtype);
-  std::normal_distribution<double> nd(0.0, sigma);
-  for (std::int64_t i = 0; i < t.numel(); ++i) write_element(t.view(), i, nd(gen));
-  return t;
-}
-
-Tensor host_i32(const std::vector<int>& values) {
-  Tensor t = host_tensor({std::int64_t(values.size())}, DType::i32);
-  std::copy(values.begin(), values.end(), t.as<std::int32_t>());
-  return t;
-}
-
-Tensor to_device(const Tensor& h) {
-  Tensor d(std::span<const std::int64_t>(h.view().shape.data(), std::size_t(h.view().ndim)), h.dtype(),
-           Device::cuda());
-  copy(d, h);
-  return d;
-}
-
-/// A device tensor full of NaN, so that any element the kernel fails to write is caught.
-Tensor poisoned_device(const Shape& shape, DType dtype) {
-  Tensor h = host_tensor(shape, dtype);
-  for (std::int64_t i = 0; i < h.numel(); ++i) write_element(h.view(), i, kNaN);
-  return to_device(h);
-}
-
-Tensor to_host(const Tensor& d) {
-  Tensor h(std::span<const std::int64_t>(d.view().shape.data(), std::size_t(d.view().ndim)), d.dtype());
-  copy(h, d);
-  return h;
-}
 
 /// A strided view of `base` (same dtype and device).
 TensorView view_of(const TensorView& base, std::int64_t offset, const Shape& shape, const Shape& stride) {

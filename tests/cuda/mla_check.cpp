@@ -1,4 +1,5 @@
 #include "cuda/mla_check.hpp"
+#include "cuda/device_tensors.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -21,34 +22,6 @@ namespace {
 
 constexpr int kD = 576, kDv = 512;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-using Shape = std::vector<std::int64_t>;
-
-Tensor host_tensor(const Shape& shape, DType dtype) { return Tensor(std::span<const std::int64_t>(shape), dtype); }
-
-Tensor to_device(const Tensor& h) {
-  Tensor d(std::span<const std::int64_t>(h.view().shape.data(), std::size_t(h.view().ndim)), h.dtype(), Device::cuda());
-  copy(d, h);
-  return d;
-}
-
-Tensor to_host(const Tensor& d) {
-  Tensor h(std::span<const std::int64_t>(d.view().shape.data(), std::size_t(d.view().ndim)), d.dtype());
-  copy(h, d);
-  return h;
-}
-
-/// A device tensor full of NaN, so that any element the kernel fails to write is caught.
-Tensor poisoned_device(const Shape& shape, DType dtype) {
-  Tensor h = host_tensor(shape, dtype);
-  for (std::int64_t i = 0; i < h.numel(); ++i) write_element(h.view(), i, kNaN);
-  return to_device(h);
-}
-
-Tensor host_i32(const std::vector<int>& values) {
-  Tensor t = host_tensor({std::int64_t(values.size())}, DType::i32);
-  std::copy(values.begin(), values.end(), t.as<std::int32_t>());
-  return t;
-}
 
 /// The first `dv` channels of a (..., 1, d) tensor, as the kernel reads values.
 TensorView leading_channels(const TensorView& k, int dv) {

@@ -19,12 +19,18 @@
 #include <vector>
 
 #include "attn/attention_kvcache.hpp"
+#include "cuda/device_tensors.hpp"
 
 namespace attn {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-using Shape = std::vector<std::int64_t>;
+using test::cuda::host_i32;
+using test::cuda::host_randn;
+using test::cuda::host_tensor;
+using test::cuda::Shape;
+using test::cuda::to_device;
+using test::cuda::to_host;
 
 struct KvCase {
   std::string name;
@@ -44,38 +50,10 @@ struct KvCase {
 
 void PrintTo(const KvCase& c, std::ostream* os) { *os << c.name; }
 
-Tensor host(const Shape& shape, DType dtype) { return Tensor(std::span<const std::int64_t>(shape), dtype); }
-
-Tensor host_randn(const Shape& shape, DType dtype, std::mt19937_64& gen) {
-  Tensor t = host(shape, dtype);
-  std::normal_distribution<double> nd(0.0, 1.0);
-  for (std::int64_t i = 0; i < t.numel(); ++i) write_element(t.view(), i, nd(gen));
-  return t;
-}
-
-Tensor host_i32(const std::vector<int>& values, const Shape& shape) {
-  Tensor t = host(shape, DType::i32);
-  std::copy(values.begin(), values.end(), t.as<std::int32_t>());
-  return t;
-}
-
-Tensor to_device(const Tensor& h) {
-  Tensor d(std::span<const std::int64_t>(h.view().shape.data(), std::size_t(h.view().ndim)), h.dtype(),
-           Device::cuda());
-  copy(d, h);
-  return d;
-}
-
-Tensor to_host(const Tensor& d) {
-  Tensor h(std::span<const std::int64_t>(d.view().shape.data(), std::size_t(d.view().ndim)), d.dtype());
-  copy(h, d);
-  return h;
-}
-
 Tensor copy_of(const Tensor& h) { return to_host(h); }  // copy() serves host to host too
 
 Tensor poisoned(const Shape& shape, DType dtype) {
-  Tensor t = host(shape, dtype);
+  Tensor t = host_tensor(shape, dtype);
   for (std::int64_t i = 0; i < t.numel(); ++i) write_element(t.view(), i, kNaN);
   return t;
 }
@@ -100,15 +78,15 @@ struct HostInputs {
     const int Hk = c.heads_kv, D = c.head_dim, Dv = c.head_dim_v;
     std::vector<int> final_len(static_cast<std::size_t>(B));
     for (int b = 0; b < B; ++b) final_len[std::size_t(b)] = c.cache_lens[std::size_t(b)] + Snew;
-    q = host_randn({B, c.seqlen_q, c.heads_q, D}, c.dtype, gen);
+    q = host_randn({B, c.seqlen_q, c.heads_q, D}, c.dtype, 1.0, gen);
     lens = host_i32(c.cache_lens, {B});
     if (Snew > 0) {
-      k_new = host_randn({B, Snew, Hk, D}, c.dtype, gen);
-      v_new = host_randn({B, Snew, Hk, Dv}, c.dtype, gen);
+      k_new = host_randn({B, Snew, Hk, D}, c.dtype, 1.0, gen);
+      v_new = host_randn({B, Snew, Hk, Dv}, c.dtype, 1.0, gen);
     }
     const Tensor k_vals = host_randn({B, std::max(1, *std::max_element(final_len.begin(), final_len.end())), Hk, D},
-                                     c.dtype, gen);
-    const Tensor v_vals = host_randn({B, k_vals.size(1), Hk, Dv}, c.dtype, gen);
+                                     c.dtype, 1.0, gen);
+    const Tensor v_vals = host_randn({B, k_vals.size(1), Hk, Dv}, c.dtype, 1.0, gen);
     // Token t of sequence b lives at cache row slot(b, t); cached tokens take k_vals / v_vals.
     auto fill = [&](Tensor& cache, const Tensor& vals, int dim, auto&& slot) {
       const std::size_t row = std::size_t(Hk) * std::size_t(dim) * dtype_size(c.dtype);
@@ -204,8 +182,8 @@ TEST_P(CudaKvCache, MatchesCpuPath) {
 
   // The host path (float64 reference) on copies of the same values, f32 outputs.
   const Tensor kc_ref = copy_of(h.k_cache), vc_ref = copy_of(h.v_cache);
-  const Tensor out_ref = host({h.B, c.seqlen_q, c.heads_q, c.head_dim_v}, DType::f32);
-  const Tensor lse_ref = host({h.B, c.heads_q, c.seqlen_q}, DType::f32);
+  const Tensor out_ref = host_tensor({h.B, c.seqlen_q, c.heads_q, c.head_dim_v}, DType::f32);
+  const Tensor lse_ref = host_tensor({h.B, c.heads_q, c.seqlen_q}, DType::f32);
   attention_with_kvcache(h.args(c, h.q, kc_ref, vc_ref, h.table, h.lens, h.k_new, h.v_new, out_ref, lse_ref),
                          Backend::reference);
 

@@ -26,6 +26,7 @@
 
 #include "cuda/check.hpp"
 #include "cuda/fwd_params.hpp"
+#include "cuda/key_tiles.cuh"
 #include "cuda/sm80/ptx.cuh"
 #include "mask_eval.hpp"
 
@@ -143,23 +144,11 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   const MaskEval me{&p.mask, Sq, Sk, pack > 1 ? 0 : slot};
 
   // This CTA's share of the key tiles that the mask leaves reachable.
-  int k_lo, k_hi;
-  me.key_range(i_lo, i_hi, k_lo, k_hi);
-  const int t_first = k_lo / BN, t_last = k_hi > k_lo ? (k_hi + BN - 1) / BN : t_first;
-  const int per_split = (t_last - t_first + params.n_splits - 1) / params.n_splits;
-  const int t_begin = min(t_last, t_first + split * per_split), t_end = min(t_last, t_begin + per_split);
-  // Without a mask every reachable tile is full: skip the classification in the loop.
-  const bool no_mask = p.mask.is_full();
-  // Causal and plain windows allow one key interval per row (MaskEval::interval).
-  const bool interval_mask = p.mask.dilation == 0 && p.mask.strided == 0 && p.mask.fixed_stride == 0 &&
-                             p.mask.block_layout == nullptr && p.mask.num_global == 0;
-  auto tile_kind = [&](int t) {
-    return no_mask ? TileKind::full : me.classify(i_lo, i_hi, t * BN, min(Sk, (t + 1) * BN));
-  };
-  auto next_tile = [&](int t) {
-    while (t < t_end && tile_kind(t) == TileKind::empty) ++t;
-    return t;
-  };
+  const KeyTiles<BN> tiles(me, i_lo, i_hi, split, params.n_splits);
+  const int t_begin = tiles.t_begin, t_end = tiles.t_end;
+  const bool interval_mask = is_interval_mask(p.mask);
+  auto tile_kind = [&](int t) { return tiles.kind(t); };
+  auto next_tile = [&](int t) { return tiles.next(t); };
 
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);

@@ -35,6 +35,7 @@
 
 #include "cuda/check.hpp"
 #include "cuda/fwd_params.hpp"
+#include "cuda/key_tiles.cuh"
 #include "cuda/sm80/flash_fwd.cuh"  // row_offset, tanh_exp2, quad_max / quad_sum
 #include "cuda/sm80/ptx.cuh"        // cp.async, pack2
 #include "cuda/sm90/wgmma.cuh"
@@ -109,23 +110,13 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   const int i_lo = m0, i_hi = min(Sq, m0 + BM);
   const MaskEval me{&p.mask, Sq, Sk, slot};
 
-  int k_lo, k_hi;
-  me.key_range(i_lo, i_hi, k_lo, k_hi);
-  const int t_first = k_lo / BN, t_last = k_hi > k_lo ? (k_hi + BN - 1) / BN : t_first;
-  const int per_split = (t_last - t_first + params.n_splits - 1) / params.n_splits;
-  const int t_begin = min(t_last, t_first + split * per_split), t_end = min(t_last, t_begin + per_split);
-  const bool no_mask = p.mask.is_full();
-  const bool interval_mask = p.mask.dilation == 0 && p.mask.strided == 0 && p.mask.fixed_stride == 0 &&
-                             p.mask.block_layout == nullptr && p.mask.num_global == 0;
-  auto tile_kind = [&](int t) {
-    return no_mask ? TileKind::full : me.classify(i_lo, i_hi, t * BN, min(Sk, (t + 1) * BN));
-  };
-  // Producer and consumers walk the same tile sequence, so the i-th visited tile sits in
-  // stage i % kStages on both sides.
-  auto next_tile = [&](int t) {
-    while (t < t_end && tile_kind(t) == TileKind::empty) ++t;
-    return t;
-  };
+  // Producer and consumers walk the same tile sequence (tiles.next), so the i-th visited tile
+  // sits in stage i % kStages on both sides.
+  const KeyTiles<BN> tiles(me, i_lo, i_hi, split, params.n_splits);
+  const int t_begin = tiles.t_begin, t_end = tiles.t_end;
+  const bool interval_mask = is_interval_mask(p.mask);
+  auto tile_kind = [&](int t) { return tiles.kind(t); };
+  auto next_tile = [&](int t) { return tiles.next(t); };
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
