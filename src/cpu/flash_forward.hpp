@@ -11,8 +11,9 @@
 //   across rows and the softmax needs no horizontal reductions):
 //     m' = max(m, max_j s), alpha = 2^(m - m'), p = 2^(s - m'), l = alpha l + sum_j p
 //   o (R x dv) = alpha o + p · V_tile                    -- gemm reading p^T transposed
-// Decode tiles (scores_by_dot) take run_tiles_direct instead: no f32 K / V tile copies, keys
-// outer and the unit's kv heads inner, K and V converted in registers (docs/PERF-cpu-decode.md).
+// Decode tiles (scores_by_dot) take run_tiles_decode instead: no f32 K / V tile copies, several
+// keys per dot pass, o in registers across a step of keys, the next step's lines prefetched
+// a few at a time (see "decode tiles, v4" below and docs/PERF-cpu-decode.md).
 // Scores are in base 2 (log2(e) folded into the query scale, so exp is exp2). Computing s^T
 // instead of s avoids transposing every K tile: only the query tile is transposed, once per
 // unit, and it is reused by every key tile.
@@ -190,91 +191,184 @@ struct FlashForward {
     }
   }
 
-  /// Decode tiles (scores_by_dot: a few rows per kv head) skip the f32 K / V staging: K and V
-  /// rows are read where they lie, converted in registers, and the unit sweeps keys in the
-  /// outer loop and its kv heads in the inner one, so each key's rows of all the unit's heads
-  /// (adjacent in memory) are one unit-stride run, and a page of a paged cache is one long run
-  /// the hardware prefetchers follow. Pages are scattered, so each key also prefetches the run
-  /// of the key kPrefetchKeys ahead (the next page's rows as soon as its id is known).
-  static constexpr int kPrefetchKeys = 16;
+  // ---- decode tiles, v4 ------------------------------------------------------------------
+  // A decode unit has N = u.rows <= width / 2 rows per kv head (the G query heads of one
+  // position, or a few positions). v4 (docs/PERF-cpu-decode.md) does the arithmetic with as
+  // few loads and horizontal sums as the registers allow:
+  //   scores: KB = width / Np keys at a time (Np = N rounded up to a power of two), one
+  //           accumulator per (key, row), each K vector converted once for the N rows, the
+  //           width dot products finished by one reduce_add_each; the head's score tile is
+  //           compact: s[(j - j0) * Np + r], so a vector holds KB keys' scores.
+  //   softmax: on those compact vectors (half the exp2 of a row-padded tile at N = 4).
+  //   P V: o held in registers, two vectors of N rows at a time, across every key of the
+  //           step, with the rescale folded into its load: o is loaded and stored once per step.
+  // K / V rows are found through per-step pointer tables built one block-table lookup per page,
+  // so paged and contiguous caches share the inner loops.
 
-  /// Prefetches bytes [0, n) from `run`, one request per cache line.
-  static void prefetch_run(const T* run, int n) {
-    constexpr int kLine = 64;
-    const char* c = reinterpret_cast<const char*>(run);
-    for (int e = 0; e < n * int(sizeof(T)); e += kLine) __builtin_prefetch(c + e);
+  /// Keys per decode step: the step's K and V (heads x 256 B each per key at D 128 f16: 64 KiB
+  /// apiece) and the next step's K, prefetched during this one, sit in L2 together.
+  static constexpr int kDecodeKeys = 32;
+
+  static constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
+
+  /// rows[j - j0] = base + layout.offset(b, j, h) for j in [j0, j1): one block-table lookup
+  /// (and one division) per page instead of per key.
+  static void row_pointers(const detail::TokenLayout& l, const T* base, int b, int j0, int j1, int h, const T** rows) {
+    for (int j = j0; j < j1;) {
+      const int run = l.block_table != nullptr ? l.page_size - j % l.page_size : j1 - j;
+      const int n = run < j1 - j ? run : j1 - j;
+      const T* r = base + l.offset(b, j, h);
+      for (int c = 0; c < n; ++c) rows[j - j0 + c] = r + std::ptrdiff_t(c) * l.token_stride;
+      j += n;
+    }
   }
 
-  /// s(j, row0 + r) = k_j . q_(row0 + r), r < N, K converted in registers once for the N rows.
-  /// N is a constant so the accumulators stay in registers; two chains per row (FMA latency,
-  /// not throughput, would bound one).
-  template <int N>
-  void dot_rows(const T* kj, const float* q0, float* sj) const {
+  /// s[c * Np + r] = k_c . q_r for the KB = width / Np keys at keys[c] + offset, rows r < N
+  /// (rows N..Np get 0).
+  template <int N, int Np>
+  void dot_keys(const T* const* keys, std::ptrdiff_t offset, const float* q, float* s) const {
+    constexpr int W = V::width, KB = W / Np;
     const int d = p.head_dim;
-    V acc[N], acc2[N];
-    for (int r = 0; r < N; ++r) acc[r] = acc2[r] = V::zero();
+    V acc[W];
+    for (int a = 0; a < W; ++a) acc[a] = V::zero();
     int e = 0;
-    for (; e + 2 * V::width <= d; e += 2 * V::width) {
-      const V kv = V::load(kj + e), kv2 = V::load(kj + e + V::width);
+    for (; e + W <= d; e += W) {
+      V qv[N];
+      for (int r = 0; r < N; ++r) qv[r] = V::load(q + std::ptrdiff_t(r) * d + e);
+      for (int c = 0; c < KB; ++c) {
+        const V kv = V::load(keys[c] + offset + e);
+        for (int r = 0; r < N; ++r) acc[c * Np + r] = V::fma(kv, qv[r], acc[c * Np + r]);
+      }
+    }
+    if (e < d) {
+      const int m = d - e;
+      for (int c = 0; c < KB; ++c) {
+        const V kv = V::load_n(keys[c] + offset + e, m);
+        for (int r = 0; r < N; ++r)
+          acc[c * Np + r] = V::fma(kv, V::load_n(q + std::ptrdiff_t(r) * d + e, m), acc[c * Np + r]);
+      }
+    }
+    V::reduce_add_each(acc).store(s);
+  }
+
+  /// The online softmax on a head's compact score tile (n = keys_pad * Np floats, whole
+  /// vectors): row r's lanes are r, r + Np, ...; the per-row statistics go through a lane
+  /// buffer once per step, the exponentials stay vectors.
+  template <int Np>
+  void decode_softmax(const HeadTile& h, int n, float* s) const {
+    constexpr int W = V::width;
+    V tile_max = V::set1(kMinusInf);
+    for (int e = 0; e < n; e += W) tile_max = V::max(tile_max, V::load(s + e));
+    float lanes[W], old_max[W], reference[W];
+    tile_max.store(lanes);
+    float new_max[Np];
+    for (int r = 0; r < Np; ++r) {
+      float m = h.row_max[r];
+      for (int l = r; l < W; l += Np) m = lanes[l] > m ? lanes[l] : m;
+      new_max[r] = m;
+    }
+    // A row still at -inf uses 0 as reference: 2^(-inf - 0) = 0, never NaN.
+    for (int l = 0; l < W; ++l) {
+      old_max[l] = h.row_max[l % Np];
+      reference[l] = new_max[l % Np] == kMinusInf ? 0.0f : new_max[l % Np];
+    }
+    const V ref = V::load(reference);
+    V sum = V::zero();
+    for (int e = 0; e < n; e += W) {
+      const V prob = V::exp2(V::load(s + e) - ref);
+      prob.store(s + e);
+      sum = sum + prob;
+    }
+    V::exp2(V::load(old_max) - ref).store(old_max);  // alpha per lane
+    sum.store(lanes);
+    for (int r = 0; r < Np; ++r) {
+      float total = 0.0f;
+      for (int l = r; l < W; l += Np) total += lanes[l];
+      h.row_sum[r] = old_max[r] * h.row_sum[r] + total;
+      h.row_max[r] = new_max[r];
+      h.rescale[r] = old_max[r];
+    }
+  }
+
+  /// o(r, e .. e + E vectors) = rescale(r) o(r, ...) + sum_j p(j, r) v_j(...) over `keys` keys;
+  /// the last chunk of a head dim that is not a multiple of the width reads m < W values.
+  template <int N, int Np, int E>
+  void pv_chunk(const T* const* vrows, std::ptrdiff_t offset, int keys, const float* prob, const HeadTile& h, int e,
+                int m) const {
+    constexpr int W = V::width;
+    const int dvp = plan.dv_pad;
+    V acc[N][E];
+    for (int r = 0; r < N; ++r) {
+      const V alpha = V::set1(h.rescale[r]);
+      for (int x = 0; x < E; ++x) acc[r][x] = V::load(h.o + std::ptrdiff_t(r) * dvp + e + x * W) * alpha;
+    }
+    for (int j = 0; j < keys; ++j) {
+      const T* vj = vrows[j] + offset + e;
+      V vv[E];
+      for (int x = 0; x < E; ++x) vv[x] = m == W ? V::load(vj + x * W) : V::load_n(vj + x * W, m);
       for (int r = 0; r < N; ++r) {
-        acc[r] = V::fma(kv, V::load(q0 + std::ptrdiff_t(r) * d + e), acc[r]);
-        acc2[r] = V::fma(kv2, V::load(q0 + std::ptrdiff_t(r) * d + e + V::width), acc2[r]);
+        const V pr = V::set1(prob[std::ptrdiff_t(j) * Np + r]);
+        for (int x = 0; x < E; ++x) acc[r][x] = V::fma(pr, vv[x], acc[r][x]);
       }
     }
-    for (; e < d; e += V::width) {
-      const int m = d - e < V::width ? d - e : V::width;
-      const V kv = V::load_n(kj + e, m);
-      for (int r = 0; r < N; ++r) acc[r] = V::fma(kv, V::load_n(q0 + std::ptrdiff_t(r) * d + e, m), acc[r]);
-    }
-    for (int r = 0; r < N; ++r) sj[r] = (acc[r] + acc2[r]).reduce_add();
+    for (int r = 0; r < N; ++r)
+      for (int x = 0; x < E; ++x) acc[r][x].store(h.o + std::ptrdiff_t(r) * dvp + e + x * W);
   }
 
-  /// s(j, row) for key j of one head, rows four at a time.
-  void dot_scores_direct(const T* kj, const HeadTile& h, int rows, float* sj) const {
-    const int d = p.head_dim;
-    int r0 = 0;
-    for (; r0 + 4 <= rows; r0 += 4) dot_rows<4>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
-    switch (rows - r0) {
-      case 3: return dot_rows<3>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
-      case 2: return dot_rows<2>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
-      case 1: return dot_rows<1>(kj, h.q_t + std::ptrdiff_t(r0) * d, sj + r0);
-      default: return;
+  /// decode_pv for one head, `lines` of `ahead` requested before each chunk.
+  template <int N, int Np, class Prefetch>
+  void decode_pv(const T* const* vrows, std::ptrdiff_t offset, int keys, const float* prob, const HeadTile& h,
+                 Prefetch& ahead, int lines) const {
+    constexpr int W = V::width;
+    const int dv = p.head_dim_v;
+    int e = 0;
+    for (; e + 2 * W <= dv; e += 2 * W) {
+      ahead.issue(lines);
+      pv_chunk<N, Np, 2>(vrows, offset, keys, prob, h, e, W);
+    }
+    for (; e < dv; e += W) {
+      ahead.issue(lines / 2);
+      pv_chunk<N, Np, 1>(vrows, offset, keys, prob, h, e, dv - e < W ? dv - e : W);
     }
   }
 
-  /// o(row) += sum_j p(j, row) v_j over N keys of one head, V rows at vj[j] converted in
-  /// registers. Several keys per pass so each o vector is loaded and stored once per N fma (a
-  /// store per fma would bound the loop), and each V vector is converted once for all rows.
-  static constexpr int kPvKeys = 4;
+  /// Requests the cache lines of two lists of row runs a few lines per issue(n), so the
+  /// requests spread over the step's arithmetic: a burst of them fills the core's miss
+  /// buffers and stalls it (docs/PERF-cpu-decode.md, v4).
+  struct LinePrefetch {
+    const T* const* rows[2] = {nullptr, nullptr};
+    int count[2] = {0, 0}, lines[2] = {0, 0};
+    int section = 0, row = 0, line = 0;
+    int total() const { return count[0] * lines[0] + count[1] * lines[1]; }
+    void issue(int n) {
+      while (n > 0 && section < 2) {
+        if (row >= count[section]) {
+          ++section;
+          row = line = 0;
+          continue;
+        }
+        __builtin_prefetch(reinterpret_cast<const char*>(rows[section][row]) + 64 * line, 0, 2);
+        --n;
+        if (++line == lines[section]) line = 0, ++row;
+      }
+    }
+  };
+
   template <int N>
-  void accumulate_pv_direct(const T* const* vj, const HeadTile& h, int rows, const float* pj) const {
-    const int dv = p.head_dim_v, dvp = plan.dv_pad, rp = plan.rows_pad;
-    for (int e = 0; e < dv; e += V::width) {
-      const int m = dv - e < V::width ? dv - e : V::width;
-      V vv[N];
-      for (int j = 0; j < N; ++j) vv[j] = m == V::width ? V::load(vj[j] + e) : V::load_n(vj[j] + e, m);
-      for (int r = 0; r < rows; ++r) {
-        float* o = h.o + std::ptrdiff_t(r) * dvp + e;
-        V acc = V::load(o);
-        for (int j = 0; j < N; ++j) acc = V::fma(V::set1(pj[std::ptrdiff_t(j) * rp + r]), vv[j], acc);
-        acc.store(o);
-      }
-    }
-  }
-
-  /// run_tiles for decode tiles: per key tile, scores of every head of the unit key by key,
-  /// the online softmax per head, then P V key by key. Each head keeps its own score tile.
-  void run_tiles_direct(const ForwardUnit& u, int lo, int hi, int tile_begin, int tile_end) const {
+  void run_tiles_decode(const ForwardUnit& u, int lo, int hi, int tile_begin, int tile_end) const {
+    constexpr int Np = pow2_at_least(N), W = V::width, KB = W / Np, S = kDecodeKeys;
     constexpr int Bc = ForwardPlan::kKeyBlock;
-    const int rp = plan.rows_pad;
+    const int d = p.head_dim, dv = p.head_dim_v;
     const T* k = static_cast<const T*>(p.k);
     const T* v = static_cast<const T*>(p.v);
     // The unit's heads are adjacent in every cache layout: one run of heads * dim values per
     // key. Other head strides prefetch the first head's row only.
-    const int k_run = p.k_layout.head_stride == p.head_dim ? u.heads * p.head_dim : p.head_dim;
-    const int v_run = p.v_layout.head_stride == p.head_dim_v ? u.heads * p.head_dim_v : p.head_dim_v;
+    const int k_run = p.k_layout.head_stride == d ? u.heads * d : d;
+    const int v_run = p.v_layout.head_stride == dv ? u.heads * dv : dv;
+    const int k_lines = (k_run * int(sizeof(T)) + 63) / 64, v_lines = (v_run * int(sizeof(T)) + 63) / 64;
     const int first = lo / Bc * Bc;
-    const int range_end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
+    const int begin = first + tile_begin * Bc > lo ? first + tile_begin * Bc : lo;
+    const int end = first + tile_end * Bc < hi ? first + tile_end * Bc : hi;
     HeadTile heads[ForwardPlan::kMaxHeadsPerUnit];
     GroupMask masks[ForwardPlan::kMaxHeadsPerUnit];
     detail::TileKind kinds[ForwardPlan::kMaxHeadsPerUnit];
@@ -282,66 +376,87 @@ struct FlashForward {
       heads[index] = head_tile(u, index);
       masks[index] = group_mask(p, u.seqlen_q, u.seqlen_k, heads[index].hkv);
     }
-    for (int t = tile_begin; t < tile_end; ++t) {
-      const int j0 = first + t * Bc > lo ? first + t * Bc : lo;
-      const int j1 = first + (t + 1) * Bc < hi ? first + (t + 1) * Bc : hi;
-      if (j0 >= j1) continue;
-      const int keys = j1 - j0;
+    // Row tables of this step and the next, whose lines are prefetched during this one.
+    const T* krows[2][S + W];
+    const T* vrows[2][S];
+    auto step_end = [&](int j0) { return (j0 / S + 1) * S < end ? (j0 / S + 1) * S : end; };
+    if (begin < end) {
+      row_pointers(p.k_layout, k, u.b, begin, step_end(begin), u.hkv0, krows[0]);
+      row_pointers(p.v_layout, v, u.b, begin, step_end(begin), u.hkv0, vrows[0]);
+    }
+    const int pv_chunks = (dv + 2 * W - 1) / (2 * W);
+    int cur = 0;
+    for (int j0 = begin; j0 < end; j0 = step_end(j0), cur ^= 1) {
+      const int j1 = step_end(j0), keys = j1 - j0, keys_pad = (keys + KB - 1) / KB * KB;
+      const int n0 = j1, n1 = n0 < end ? step_end(n0) : n0;
+      if (n0 < n1) {
+        row_pointers(p.k_layout, k, u.b, n0, n1, u.hkv0, krows[cur ^ 1]);
+        row_pointers(p.v_layout, v, u.b, n0, n1, u.hkv0, vrows[cur ^ 1]);
+      }
       bool any = false;
       for (int index = 0; index < u.heads; ++index) {
         kinds[index] = classify_group_tile(masks[index], u.i0, u.i1, j0, j1);
         any = any || kinds[index] != detail::TileKind::empty;
       }
       if (!any) continue;
-      for (int j = j0; j < j1; ++j) {
-        if (j + kPrefetchKeys < range_end) prefetch_run(k + p.k_layout.offset(u.b, j + kPrefetchKeys, u.hkv0), k_run);
-        const T* kj = k + p.k_layout.offset(u.b, j, u.hkv0);
-        for (int index = 0; index < u.heads; ++index)
+      const T** kr = krows[cur];
+      for (int j = keys; j < keys_pad; ++j) kr[j] = kr[keys - 1];  // padding keys: real rows, scores -inf below
+      // The next step's K and V lines, requested a few at a time between this step's calls,
+      // in proportion to each call's fma: a score call does KB keys x N rows x d, a P V chunk
+      // all the step's keys x N rows x 2 vectors.
+      LinePrefetch ahead;
+      ahead.rows[0] = krows[cur ^ 1], ahead.count[0] = n1 - n0, ahead.lines[0] = k_lines;
+      ahead.rows[1] = vrows[cur ^ 1], ahead.count[1] = n1 - n0, ahead.lines[1] = v_lines;
+      const double score_fma = double(KB) * ((d + W - 1) / W), pv_fma = 2.0 * keys;
+      const double per_fma = ahead.total() / (u.heads * (keys_pad / KB * score_fma + pv_chunks * pv_fma));
+      const int score_lines = int(per_fma * score_fma) + 1, pv_lines = int(per_fma * pv_fma) + 1;
+      // Scores, keys outer and heads inner (each key's heads are one run).
+      for (int j = 0; j < keys_pad; j += KB)
+        for (int index = 0; index < u.heads; ++index) {
+          ahead.issue(score_lines);
           if (kinds[index] != detail::TileKind::empty)
-            dot_scores_direct(kj + index * p.k_layout.head_stride, heads[index], u.rows,
-                              u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp);
-      }
+            dot_keys<N, Np>(kr + j, std::ptrdiff_t(index) * p.k_layout.head_stride, heads[index].q_t,
+                            u.s + std::ptrdiff_t(index) * Bc * plan.rows_pad + std::ptrdiff_t(j) * Np);
+        }
       for (int index = 0; index < u.heads; ++index) {
         if (kinds[index] == detail::TileKind::empty) continue;
-        float* s = u.s + std::ptrdiff_t(index) * Bc * rp;
-        for (int j = 0; j < keys; ++j)
-          for (int r = u.rows; r < rp; ++r) s[std::ptrdiff_t(j) * rp + r] = 0.0f;
-        if (p.softcap > 0.0f) soft_cap(s, keys);
-        if (kinds[index] == detail::TileKind::partial) mask_group_tile(masks[index], u.i0, u.i1, j0, j1, s, rp);
-        online_softmax(u, heads[index], keys, s);
-        rescale_output(u, heads[index]);
-      }
-      // V of the first keys of the tile was not prefetched while the scores ran: ask now.
-      for (int j = j0; j < j1 && j < j0 + kPrefetchKeys; ++j) prefetch_run(v + p.v_layout.offset(u.b, j, u.hkv0), v_run);
-      for (int j = j0; j < j1; j += kPvKeys) {
-        const int n = j1 - j < kPvKeys ? j1 - j : kPvKeys;
-        const T* vj[kPvKeys];
-        for (int c = 0; c < n; ++c) {
-          if (j + c + kPrefetchKeys < j1) prefetch_run(v + p.v_layout.offset(u.b, j + c + kPrefetchKeys, u.hkv0), v_run);
-          vj[c] = v + p.v_layout.offset(u.b, j + c, u.hkv0);
-        }
-        for (int index = 0; index < u.heads; ++index) {
-          if (kinds[index] == detail::TileKind::empty) continue;
-          const T* vh[kPvKeys];
-          for (int c = 0; c < n; ++c) vh[c] = vj[c] + index * p.v_layout.head_stride;
-          const float* pj = u.s + (std::ptrdiff_t(index) * Bc + (j - j0)) * rp;
-          if (n == kPvKeys)
-            accumulate_pv_direct<kPvKeys>(vh, heads[index], u.rows, pj);
-          else
-            for (int c = 0; c < n; ++c)
-              accumulate_pv_direct<1>(vh + c, heads[index], u.rows, pj + std::ptrdiff_t(c) * rp);
-        }
+        float* s = u.s + std::ptrdiff_t(index) * Bc * plan.rows_pad;
+        if (p.softcap > 0.0f) soft_cap_n(s, keys_pad * Np);
+        if (kinds[index] == detail::TileKind::partial) mask_group_tile(masks[index], u.i0, u.i1, j0, j1, s, Np);
+        for (int e = keys * Np; e < keys_pad * Np; ++e) s[e] = kMinusInf;
+        decode_softmax<Np>(heads[index], keys_pad * Np, s);
+        decode_pv<N, Np>(vrows[cur], std::ptrdiff_t(index) * p.v_layout.head_stride, keys, s, heads[index], ahead,
+                         pv_lines);
       }
     }
   }
 
-  /// s = cap * log2(e) * tanh(s / cap) on the first `keys` rows of the score tile.
-  void soft_cap(float* s, int keys) const {
-    const V inv_cap = V::set1(1.0f / p.softcap), cap = V::set1(p.softcap * kLog2e);
-    const std::size_t n = std::size_t(keys) * std::size_t(plan.rows_pad);
-    for (std::size_t e = 0; e < n; e += V::width)
-      (cap * tanh_approx<V>(V::load(s + e) * inv_cap)).store(s + e);
+  /// run_tiles for decode tiles: u.rows as a constant.
+  void run_tiles_decode_rows(const ForwardUnit& u, int lo, int hi, int tile_begin, int tile_end) const {
+    if constexpr (V::width >= 2) {
+      switch (u.rows) {
+        case 1: return run_tiles_decode<1>(u, lo, hi, tile_begin, tile_end);
+        case 2: return run_tiles_decode<2>(u, lo, hi, tile_begin, tile_end);
+        case 3: if constexpr (V::width >= 8) return run_tiles_decode<3>(u, lo, hi, tile_begin, tile_end); break;
+        case 4: if constexpr (V::width >= 8) return run_tiles_decode<4>(u, lo, hi, tile_begin, tile_end); break;
+        case 5: if constexpr (V::width >= 16) return run_tiles_decode<5>(u, lo, hi, tile_begin, tile_end); break;
+        case 6: if constexpr (V::width >= 16) return run_tiles_decode<6>(u, lo, hi, tile_begin, tile_end); break;
+        case 7: if constexpr (V::width >= 16) return run_tiles_decode<7>(u, lo, hi, tile_begin, tile_end); break;
+        case 8: if constexpr (V::width >= 16) return run_tiles_decode<8>(u, lo, hi, tile_begin, tile_end); break;
+        default: break;
+      }
+    }
+    run_tiles(u, lo, hi, tile_begin, tile_end);  // not reached: scores_by_dot means rows <= width / 2
   }
+
+  /// s = cap * log2(e) * tanh(s / cap) on n floats (a multiple of the width).
+  void soft_cap_n(float* s, int n) const {
+    const V inv_cap = V::set1(1.0f / p.softcap), cap = V::set1(p.softcap * kLog2e);
+    for (int e = 0; e < n; e += V::width) (cap * tanh_approx<V>(V::load(s + e) * inv_cap)).store(s + e);
+  }
+
+  /// s = cap * log2(e) * tanh(s / cap) on the first `keys` rows of the score tile.
+  void soft_cap(float* s, int keys) const { soft_cap_n(s, keys * plan.rows_pad); }
 
   /// Online softmax over one score tile (keys x Rp, key-major), probabilities written in place.
   /// A row whose maximum is still -inf uses 0 as its reference, so 2^(-inf - ref) = 0 and
@@ -497,7 +612,7 @@ struct FlashForward {
     }
     if (tile_begin < tile_end) {
       if (plan.scores_by_dot)
-        run_tiles_direct(u, lo, hi, tile_begin, tile_end);
+        run_tiles_decode_rows(u, lo, hi, tile_begin, tile_end);
       else
         run_tiles(u, lo, hi, tile_begin, tile_end);
     }

@@ -67,7 +67,7 @@ ForwardPlan plan_forward(const detail::AttentionProblem& p, int threads, int pan
   at = 0;
   plan.k = take(bc * d);
   plan.v = take(bc * dvp);
-  // Decode tiles keep one score tile per head of the unit (flash_forward.hpp, run_tiles_direct).
+  // Decode tiles keep one score tile per head of the unit (flash_forward.hpp, run_tiles_decode).
   plan.s = take(bc * rp * std::size_t(plan.scores_by_dot ? plan.heads_per_unit : 1));
   plan.head_state = take(plan.head_floats * std::size_t(plan.heads_per_unit));
   plan.thread_floats = at;

@@ -93,6 +93,16 @@ struct Vec {
     return {_mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23)))};
   }
 
+  /// Lane i = the sum of a[i]'s lanes, for a[0..width): width dot products finished at once
+  /// (a tree of hadds instead of width separate horizontal sums).
+  static Vec reduce_add_each(const Vec* a) {
+    const __m256 t0 = _mm256_hadd_ps(a[0].v, a[1].v), t1 = _mm256_hadd_ps(a[2].v, a[3].v);
+    const __m256 t2 = _mm256_hadd_ps(a[4].v, a[5].v), t3 = _mm256_hadd_ps(a[6].v, a[7].v);
+    // u0 = (sums of a0..a3 over lanes 0-3 | over lanes 4-7), u1 the same for a4..a7.
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return {_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))};
+  }
+
   float reduce_max() const {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));

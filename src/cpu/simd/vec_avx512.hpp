@@ -87,6 +87,23 @@ struct Vec {
     return {_mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)))};
   }
 
+  /// Lane i = the sum of a[i]'s lanes, for a[0..width): halves added, then a tree of hadds on
+  /// each group of eight (as avx2::Vec::reduce_add_each).
+  static Vec reduce_add_each(const Vec* a) {
+    __m256 h[16];
+    for (int i = 0; i < 16; ++i)
+      h[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i].v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[i].v), 1)));
+    __m256 r[2];
+    for (int g = 0; g < 2; ++g) {
+      const __m256* x = h + 8 * g;
+      const __m256 t0 = _mm256_hadd_ps(x[0], x[1]), t1 = _mm256_hadd_ps(x[2], x[3]);
+      const __m256 t2 = _mm256_hadd_ps(x[4], x[5]), t3 = _mm256_hadd_ps(x[6], x[7]);
+      const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+      r[g] = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    }
+    return {_mm512_insertf32x8(_mm512_castps256_ps512(r[0]), r[1], 1)};
+  }
+
   float reduce_max() const { return _mm512_reduce_max_ps(v); }
   float reduce_add() const { return _mm512_reduce_add_ps(v); }
 };

@@ -49,6 +49,8 @@ struct Vec {
   static Vec select_equal(Vec a, Vec b, Vec x, Vec y) { return {a.v == b.v ? x.v : y.v}; }
   /// 2^x; exp2(-inf) = 0.
   static Vec exp2(Vec x) { return {std::exp2(x.v)}; }
+  /// Lane i = the sum of a[i]'s lanes (one lane: a[0] itself).
+  static Vec reduce_add_each(const Vec* a) { return a[0]; }
   float reduce_max() const { return v; }
   float reduce_add() const { return v; }
 };
