@@ -243,7 +243,10 @@ def bench_decode(attn, rows):
     contiguous = attn.prepare(q, k, v, out2)
     ref = sdpa_peer(SDPBackend.MATH, q[:4].float(), k[:4].float(), v[:4].float(), False, enable_gqa=True)()
     bytes_moved = kv_bytes + 2 * q.numel() * 2
-    for label, fn, check in [("attn paged", paged, True), ("attn contiguous", contiguous, True)] + [
+    # The opt-in shared-memory block table (ATTN_CUDA_PAGED=smem, src/cuda/sm80/flash_fwd.cuh).
+    paged_table = with_env(paged, "ATTN_CUDA_PAGED", "smem")
+    for label, fn, check in [("attn paged", paged, True), ("attn paged smem-table", paged_table, True),
+                             ("attn contiguous", contiguous, True)] + [
         (label, sdpa_peer(backend, q, k, v, False, enable_gqa=True), False)
         for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                                ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]]:

@@ -150,6 +150,31 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   auto tile_kind = [&](int t) { return tiles.kind(t); };
   auto next_tile = [&](int t) { return tiles.next(t); };
 
+  // The block-table window of this CTA's key tiles in shared memory (FwdParams::page_table_slots),
+  // when it fits; otherwise (or unpaged) rows go through row_offset.
+  std::int32_t* sPages = reinterpret_cast<std::int32_t*>(smem_raw + Tr::kSmemBytes);
+  int page_lo = 0;
+  bool table_in_smem = false;
+  // Short tiles only: decode is what reads long paged caches, and the tall tile has no
+  // registers to spare (it spills with this code on sm_90a).
+  if (MI == 1 && params.page_table_slots > 0 && t_begin < t_end) {
+    const detail::TokenLayout& l = p.k_layout;
+    page_lo = t_begin * BN / l.page_size;
+    const int pages = (min(Sk, t_end * BN) + l.page_size - 1) / l.page_size - page_lo;
+    table_in_smem = pages <= params.page_table_slots;
+    if (table_in_smem) {
+      const std::int32_t* row = l.block_table + std::int64_t(b) * l.block_table_stride + page_lo;
+      for (int i = int(threadIdx.x); i < pages; i += kFwdThreads) sPages[i] = row[i];
+      __syncthreads();  // uniform: every thread of the CTA took this branch
+    }
+  }
+  // Offset of key j's row in a paged K or V pool through the shared-memory table.
+  auto table_offset = [&](const detail::TokenLayout& l, int j) {
+    const int page_index = j / l.page_size;
+    return std::int64_t(sPages[page_index - page_lo]) * l.page_stride +
+           std::int64_t(j - page_index * l.page_size) * l.token_stride + std::int64_t(hk) * l.head_stride;
+  };
+
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
@@ -166,7 +191,9 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   // serialised them: paged decode 53% -> 45%). Tall tiles keep every thread loading too.
   const int active_warps = min(kFwdWarps, (rows - m0 + 16 * MI - 1) / (16 * MI));
   const bool paged = p.k_layout.block_table != nullptr || p.v_layout.block_table != nullptr;
-  const bool all_load = MI == 2 || paged || active_warps == kFwdWarps;
+  // With the table in shared memory the loader warps' rolled loop no longer serialises on
+  // global block-table reads, so paged rows may take the unpaged split too.
+  const bool all_load = MI == 2 || (paged && !table_in_smem) || active_warps == kFwdWarps;
   const int load_tid = int(threadIdx.x) - 32 * active_warps;
   const int load_threads = kFwdThreads - 32 * active_warps;
   // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
@@ -181,12 +208,14 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
     load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, all_load, load_tid, load_threads,
                               [&](int r) -> const T* {
       if (n0 + r >= Sk) return nullptr;
+      if (table_in_smem) return k + table_offset(p.k_layout, n0 + r);
       return p.k_layout.block_table != nullptr ? k + row_offset(p.k_layout, b, n0 + r, hk)
                                                : k_row0 + std::int64_t(n0 + r) * p.k_layout.token_stride;
     });
     load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, all_load, load_tid, load_threads,
                                [&](int r) -> const T* {
       if (n0 + r >= Sk) return nullptr;
+      if (table_in_smem) return v + table_offset(p.v_layout, n0 + r);
       return p.v_layout.block_table != nullptr ? v + row_offset(p.v_layout, b, n0 + r, hk)
                                                : v_row0 + std::int64_t(n0 + r) * p.v_layout.token_stride;
     });
@@ -473,7 +502,8 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
 template <class T, int D, int Dv, int MI>
 void launch_fwd_tile(const FwdParams& params, cudaStream_t stream) {
   const auto kernel = flash_fwd_kernel<T, D, Dv, MI>;
-  constexpr int smem = FwdTraits<T, D, Dv, MI>::kSmemBytes;
+  const int smem =
+      FwdTraits<T, D, Dv, MI>::kSmemBytes + (MI == 1 ? params.page_table_slots * int(sizeof(std::int32_t)) : 0);
   // Above 48 KB a kernel must opt in to its dynamic shared memory.
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
