@@ -9,6 +9,7 @@ and a bf16 8192^3 matmul.
 
   prefill  bf16, batch x seqlen = 16k tokens, heads x head_dim = 2048, seqlen 4096, causal and not:
            attn, SDPA flash / cuDNN / efficient backends, FlexAttention (head_dim 128)
+  window   causal sliding windows 1024 and 256 against plain causal: time per kept 128 x 128 tile
   decode   paged, batch 64, context 8192, 32 query heads, 8 kv heads, head_dim 128, page size 16:
            attn paged and contiguous; SDPA backends on the contiguous cache (enable_gqa)
 
@@ -55,7 +56,8 @@ class Attn:
         self.lib.attn_cuda_forward.restype = ctypes.c_int
         self.lib.attn_cuda_forward.argtypes = [ctypes.POINTER(AttnFwdDesc), ctypes.c_void_p, ctypes.c_size_t]
 
-    def prepare(self, q, k, v, out, causal=False, block_table=None, page_size=0, seqlens_k=None, seqlen_k=None):
+    def prepare(self, q, k, v, out, causal=False, block_table=None, page_size=0, seqlens_k=None, seqlen_k=None,
+                window_left=-1):
         """A callable running attn on these tensors (q/out (B, Sq, H, D); k/v padded or page pools)."""
         B, Sq, Hq, D = q.shape
         d = AttnFwdDesc()
@@ -68,7 +70,7 @@ class Attn:
         if block_table is not None:
             d.block_table, d.block_table_stride, d.page_size = block_table.data_ptr(), block_table.stride(0), page_size
         d.seqlens_k = seqlens_k.data_ptr() if seqlens_k is not None else None
-        d.causal, d.window_left, d.window_right = int(causal), -1, -1
+        d.causal, d.window_left, d.window_right = int(causal), window_left, -1
         d.scale, d.softcap = 0.0, 0.0
         ws_bytes = self.lib.attn_cuda_forward_workspace_size(ctypes.byref(d))
         if ws_bytes == ctypes.c_size_t(-1).value:
@@ -221,6 +223,42 @@ def bench_prefill(attn, head_dim, causal, rows, peers_only=None):
             record(rows, dict(case=name, impl=label, error=str(ex).splitlines()[0][:80]))
 
 
+def kept_tiles(seqlen, window_left, tile=128):
+    """Tiles (tile x tile) of a causal sliding-window mask (keys p - window_left .. p) with an
+    allowed element; window_left -1 is plain causal."""
+    kept = 0
+    for qt in range(0, seqlen, tile):
+        first_key = 0 if window_left < 0 else max(0, qt - window_left)
+        kept += qt // tile - first_key // tile + 1
+    return kept
+
+
+def bench_window(attn, rows):
+    """Causal sliding windows against plain causal: the time per kept 128 x 128 tile (the Hopper
+    kernel's tile at D 128) relative to causal, which the issue wants near 1 (time in proportion
+    to the tiles kept)."""
+    seqlen, tokens, width, D = 4096, 16384, 2048, 128
+    B, H = tokens // seqlen, width // D
+    n_sets = input_sets(4 * B * seqlen * H * D * 2)
+    sets = [tuple(torch.randn(B, seqlen, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)) for _ in range(n_sets)]
+    outs = [torch.empty_like(s[0]) for s in sets]
+    base = None
+    for window in (-1, 1024, 256):
+        fns = [attn.prepare(q, k, v, o, causal=True, window_left=window) for (q, k, v), o in zip(sets, outs)]
+        q, k, v = sets[0]
+        i = torch.arange(seqlen, device="cuda")
+        allowed = (i[None, :] <= i[:, None]) & ((window < 0) | (i[:, None] - i[None, :] <= window))
+        ref = F.scaled_dot_product_attention(q[:1].transpose(1, 2), k[:1].transpose(1, 2), v[:1].transpose(1, 2),
+                                             attn_mask=allowed).transpose(1, 2)
+        err = rel_err(fns[0]()[:1], ref)
+        ms = time_ms(fns)
+        tiles = kept_tiles(seqlen, window)
+        if base is None:
+            base = ms / tiles
+        name = "window causal" if window < 0 else f"window {window}"
+        record(rows, dict(case=name, impl="attn", ms=ms, tiles=tiles, per_tile_vs_causal=ms / tiles / base, rel_err=err))
+
+
 def bench_decode(attn, rows):
     B, ctx, Hq, Hk, D, page = 64, 8192, 32, 8, 128, 16
     pages_per_seq = ctx // page
@@ -274,6 +312,7 @@ def main():
     for head_dim in [128] if args.quick else [64, 128, 256]:
         for causal in (False, True):
             bench_prefill(attn, head_dim, causal, rows)
+    bench_window(attn, rows)
     bench_decode(attn, rows)
     if not args.quick:  # last: compiling FlexAttention takes the longest
         for causal in (False, True):
@@ -284,6 +323,10 @@ def main():
     for r in rows:
         if "error" in r:
             print(f"{r['case']:<22} {r['impl']:<16} {'n/a':>8}  {r['error']}")
+            continue
+        if "per_tile_vs_causal" in r:  # window rows: time per kept tile against plain causal
+            print(f"{r['case']:<22} {r['impl']:<16} {r['ms']:8.3f} {r['tiles']:>8} tiles, "
+                  f"{r['per_tile_vs_causal']:.2f}x causal's time per tile {r['rel_err']:8.1e}")
             continue
         rate = r.get("tflops")
         pct = 100 * rate / mm_tflops if rate is not None else 100 * r["gbs"] / copy_gbs
