@@ -97,6 +97,19 @@ def sdpa_backward_peer(backend, q, k, v, dout, causal):
     return run
 
 
+def with_env(fn, key, value):
+    """fn run with an environment variable set (attn reads ATTN_CUDA_BWD per call)."""
+
+    def run():
+        os.environ[key] = value
+        try:
+            return fn()
+        finally:
+            del os.environ[key]
+
+    return run
+
+
 def bench_case(attn, head_dim, causal, rows):
     seqlen, tokens, width = 4096, 16384, 2048
     B, H, D = tokens // seqlen, width // head_dim, head_dim
@@ -113,6 +126,14 @@ def bench_case(attn, head_dim, causal, rows):
         grads = fns[0]()
         err = max(rel_err(g, r) for g, r in zip(grads, reference))
         peers.append((label, fns, err))
+    if head_dim == 128:
+        # The opt-in Hopper backward (src/cuda/sm90/flash_bwd.cuh) on the same inputs.
+        fns = [with_env(fn, "ATTN_CUDA_BWD", "sm90") for fn in (attn.prepare(*s, causal, False) for s in sets)]
+        try:
+            grads = fns[0]()
+            peers.append(("attn-sm90", fns, max(rel_err(g, r) for g, r in zip(grads, reference))))
+        except Exception as ex:
+            rows.append(dict(case=name, impl="attn-sm90", error=str(ex).splitlines()[0][:80]))
     for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                            ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION)]:
         try:

@@ -3,6 +3,8 @@
 #include "cuda/backward.hpp"
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/bwd_params.hpp"
 #include "cuda/check.hpp"
@@ -36,6 +38,23 @@ void with_head_dims(int d, int dv, Fn&& fn) {
   if (d == 192 && dv == 128) return fn.template operator()<192, 128>();
   if (d == 256 && dv == 256) return fn.template operator()<256, 256>();
   detail::fail("head_dim: the cuda backward has no kernel for head_dim ", d, " / head_dim_v ", dv);
+}
+
+/// The Hopper backward is opt-in (ATTN_CUDA_BWD=sm90) until it has run on a GPU: D = Dv = 128
+/// on an sm_90 device, in a build with sm_90a code.
+bool use_sm90_backward(const BackwardProblem& p) {
+#if defined(ATTN_CUDA_HAS_SM90A)
+  const char* env = std::getenv("ATTN_CUDA_BWD");
+  if (env == nullptr || std::strcmp(env, "sm90") != 0 || p.head_dim != 128 || p.head_dim_v != 128) return false;
+  int dev = 0, major = 0, minor = 0;
+  ATTN_CUDA_CHECK(cudaGetDevice(&dev));
+  ATTN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  ATTN_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  return major == 9 && minor == 0;
+#else
+  (void)p;
+  return false;
+#endif
 }
 
 struct Plan {
@@ -107,13 +126,22 @@ void flash_backward(const BackwardProblem& p, Workspace ws) {
     launch_bwd_dot_do_o(f, stream);
   }
   if (f.n_blocks > 0) {
-    with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
+    if (use_sm90_backward(p)) {
+      static_assert(bwd_tile(128).block_m == 64 && bwd_tile(128).block_n == 128, "the Hopper backward's tiles");
       if (p.dtype == DType::f16) {
-        launch_flash_bwd<DType::f16, D, Dv>(f, stream);
+        launch_flash_bwd_sm90<DType::f16, 128>(f, stream);
       } else {
-        launch_flash_bwd<DType::bf16, D, Dv>(f, stream);
+        launch_flash_bwd_sm90<DType::bf16, 128>(f, stream);
       }
-    });
+    } else {
+      with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
+        if (p.dtype == DType::f16) {
+          launch_flash_bwd<DType::f16, D, Dv>(f, stream);
+        } else {
+          launch_flash_bwd<DType::bf16, D, Dv>(f, stream);
+        }
+      });
+    }
   }
   if (p.seqlen_q > 0) launch_bwd_convert_dq(f, stream);
 }

@@ -61,6 +61,11 @@ struct BwdParams {
 template <DType dtype, int D, int Dv>
 void launch_flash_bwd(const BwdParams& params, cudaStream_t stream);
 
+/// The Hopper backward (wgmma, src/cuda/sm90/flash_bwd.cuh) at D = Dv = 128, same tiles
+/// (bwd_tile(128)) and workspace; one instantiation per dtype in src/cuda/sm90/flash_bwd_*.cu.
+template <DType dtype, int D>
+void launch_flash_bwd_sm90(const BwdParams& params, cudaStream_t stream);
+
 /// lse_log2 and D_i = rowsum(dO_i * O_i) into dsum (src/cuda/bwd_prep.cu).
 void launch_bwd_dot_do_o(const BwdParams& params, cudaStream_t stream);
 /// dq = scale * dq_accum in the storage dtype (src/cuda/bwd_prep.cu).

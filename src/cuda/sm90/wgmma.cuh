@@ -160,6 +160,35 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const std::u
   }
 }
 
+// The 32 f32 accumulators of an m64n64 wgmma as asm operands %0..%31.
+#define ATTN_WGMMA_D32 \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define ATTN_WGMMA_D32_LIST "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define ATTN_WGMMA_SS64(TY)                                                                            \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                        \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." #TY "." #TY " " ATTN_WGMMA_D32_LIST        \
+               ", %32, %33, p, 1, 1, %35, %36;\n}\n"                                                 \
+               : ATTN_WGMMA_D32                                                                        \
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA), "n"(kTransB))
+
+/// d (64 x 64, f32) (+)= A (64 x 16) * B (64 x 16)^T, both from shared memory; kTransA /
+/// kTransB 1: that operand is given MN-major (its rows are K), as for dQ = dS K in the backward.
+template <class T, int kTransA, int kTransB>
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], std::uint64_t desc_a, std::uint64_t desc_b,
+                                                   int accumulate) {
+  if constexpr (std::is_same_v<T, __half>) {
+    ATTN_WGMMA_SS64(f16);
+  } else {
+    ATTN_WGMMA_SS64(bf16);
+  }
+}
+
+#undef ATTN_WGMMA_SS64
+#undef ATTN_WGMMA_D32_LIST
+#undef ATTN_WGMMA_D32
 #undef ATTN_WGMMA_SS
 #undef ATTN_WGMMA_RS
 #undef ATTN_WGMMA_D64_LIST
