@@ -162,7 +162,7 @@ def flex_peer(q, k, v, causal):
 
 
 def with_env(fn, key, value):
-    """fn run with an environment variable set (attn reads ATTN_CUDA_FWD per call)."""
+    """fn run with an environment variable set (attn reads ATTN_CUDA_* per call)."""
 
     def run():
         os.environ[key] = value

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_bench import AttnFwdDesc, ceilings, input_sets, rel_err, time_ms  # noqa: E402
+from gpu_bench import AttnFwdDesc, ceilings, input_sets, rel_err, time_ms, with_env  # noqa: E402
 
 
 class AttnBwdDesc(ctypes.Structure):
@@ -93,19 +93,6 @@ def sdpa_backward_peer(backend, q, k, v, dout, causal):
     def run():
         with sdpa_kernel(backend):
             return torch.autograd.grad(out, leaves, dout, retain_graph=True)
-
-    return run
-
-
-def with_env(fn, key, value):
-    """fn run with an environment variable set (attn reads ATTN_CUDA_BWD per call)."""
-
-    def run():
-        os.environ[key] = value
-        try:
-            return fn()
-        finally:
-            del os.environ[key]
 
     return run
 

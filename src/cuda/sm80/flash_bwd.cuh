@@ -76,6 +76,36 @@ __device__ __forceinline__ bool bwd_visits(const detail::MaskEval& me, int m, in
   return me.classify(i0, i1, j0, j1) != detail::TileKind::empty;
 }
 
+/// The query tiles that the backward CTA of key block nb (keys [n0, n1)) and kv head hk visits:
+/// x = g * mt + (m - m_lo) for group head g and query tile m in [m_lo, m_hi), the tiles the
+/// mask's interval parts leave reachable; next() skips those it leaves empty. With atomics each
+/// key block starts at a different tile (rotated by nb), so the CTAs of a head do not all add
+/// into the same dQ rows at once; the deterministic order keeps m ascending.
+template <int BM, int BN>
+struct BwdWalk {
+  const detail::MaskParams* mask;
+  int seqlen_q, seqlen_k, hk, group, nb;
+  int m_lo = 0, mt = 0, total = 0, rotate = 0;
+
+  __device__ BwdWalk(const detail::BackwardProblem& p, int Sq, int Sk, int kv_head, int key_block, int n0, int n1)
+      : mask(&p.mask), seqlen_q(Sq), seqlen_k(Sk), hk(kv_head), group(p.group_size()), nb(key_block) {
+    int r_lo, r_hi;
+    query_range(detail::MaskEval{mask, Sq, Sk, 0}, n0, n1, r_lo, r_hi);
+    m_lo = r_lo / BM;
+    mt = (r_hi + BM - 1) / BM - m_lo;
+    total = group * mt;
+    rotate = p.deterministic ? 0 : nb;
+  }
+  __device__ int head_of(int x) const { return hk * group + x / mt; }
+  __device__ int tile_of(int x) const { return m_lo + (x % mt + rotate) % mt; }
+  __device__ detail::MaskEval eval_of(int h) const { return detail::MaskEval{mask, seqlen_q, seqlen_k, h}; }
+  /// The first visited tile at or after x, or total.
+  __device__ int next(int x) const {
+    while (x < total && !bwd_visits<BM, BN>(eval_of(head_of(x)), tile_of(x), nb)) ++x;
+    return x;
+  }
+};
+
 __device__ __forceinline__ int ld_acquire(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
@@ -177,7 +207,7 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   const int n0 = nb * BN;
   if (n0 >= Sk) return;
   const int n1 = min(Sk, n0 + BN);
-  const int G = p.group_size(), Hq = p.heads_q;
+  const int Hq = p.heads_q;
 
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
@@ -192,20 +222,12 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   });
   cp_async_commit();
 
-  // The walk: tiles x = g * mt + (m - m_lo) for group head g, query tile m in [m_lo, m_hi).
-  // With atomics each key block starts at a different tile (rotated by nb), so the CTAs of a
-  // head do not all add into the same dQ rows at once; the deterministic order keeps m ascending.
-  int r_lo, r_hi;
-  query_range(detail::MaskEval{&p.mask, Sq, Sk, 0}, n0, n1, r_lo, r_hi);
-  const int m_lo = r_lo / BM, m_hi = (r_hi + BM - 1) / BM, mt = m_hi - m_lo, total = G * mt;
-  auto head_of = [&](int x) { return hk * G + x / mt; };
-  const int rotate = p.deterministic ? 0 : nb;
-  auto tile_of = [&](int x) { return m_lo + (x % mt + rotate) % mt; };
-  auto eval_of = [&](int h) { return detail::MaskEval{&p.mask, Sq, Sk, h}; };
-  auto next_tile = [&](int x) {
-    while (x < total && !bwd_visits<BM, BN>(eval_of(head_of(x)), tile_of(x), nb)) ++x;
-    return x;
-  };
+  const BwdWalk<BM, BN> walk(p, Sq, Sk, hk, nb, n0, n1);
+  const int total = walk.total;
+  auto head_of = [&](int x) { return walk.head_of(x); };
+  auto tile_of = [&](int x) { return walk.tile_of(x); };
+  auto eval_of = [&](int h) { return walk.eval_of(h); };
+  auto next_tile = [&](int x) { return walk.next(x); };
   auto load_tile = [&](int x, int stage) {
     const int h = head_of(x), m0 = tile_of(x) * BM;
     load_rows_async<T, BM, D>(sQ + stage * Tr::kSmemQ, S, q, [&](int r) -> const T* {

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
   const int n0 = nb * BN;
   if (n0 >= Sk) return;
   const int n1 = min(Sk, n0 + BN);
-  const int G = p.group_size(), Hq = p.heads_q;
+  const int Hq = p.heads_q;
 
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
@@ -102,18 +102,13 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
   });
   sm80::cp_async_commit();
 
-  // The walk of the sm80 backward: tiles x = g * mt + (m - m_lo) for group head g.
-  int r_lo, r_hi;
-  sm80::query_range(detail::MaskEval{&p.mask, Sq, Sk, 0}, n0, n1, r_lo, r_hi);
-  const int m_lo = r_lo / BM, m_hi = (r_hi + BM - 1) / BM, mt = m_hi - m_lo, total = G * mt;
-  auto head_of = [&](int x) { return hk * G + x / mt; };
-  const int rotate = p.deterministic ? 0 : nb;
-  auto tile_of = [&](int x) { return m_lo + (x % mt + rotate) % mt; };
-  auto eval_of = [&](int h) { return detail::MaskEval{&p.mask, Sq, Sk, h}; };
-  auto next_tile = [&](int x) {
-    while (x < total && !sm80::bwd_visits<BM, BN>(eval_of(head_of(x)), tile_of(x), nb)) ++x;
-    return x;
-  };
+  // The walk of the sm80 backward (sm80::BwdWalk).
+  const sm80::BwdWalk<BM, BN> walk(p, Sq, Sk, hk, nb, n0, n1);
+  const int total = walk.total;
+  auto head_of = [&](int x) { return walk.head_of(x); };
+  auto tile_of = [&](int x) { return walk.tile_of(x); };
+  auto eval_of = [&](int h) { return walk.eval_of(h); };
+  auto next_tile = [&](int x) { return walk.next(x); };
   auto load_tile = [&](int x, int stage) {
     const int h = head_of(x), m0 = tile_of(x) * BM;
     load_rows(sQ + stage * Tr::kQBytes, BM, q, [&](int r) -> const T* {
