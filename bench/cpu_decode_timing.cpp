@@ -10,7 +10,6 @@
 // value of ATTN_DECODE_VARIANT given by --variants, for A/B experiments in the kernels), one
 // paged step, one contiguous step, a memcpy and a read-only pass over 512 MiB; the medians over
 // the rounds are printed. GB/s counts the K / V bytes read once; memcpy counts read + written.
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <chrono>
@@ -64,13 +63,6 @@ __attribute__((target("avx2"))) float sum_avx2(const float* p, std::size_t n) {
 }
 #endif
 
-/// Asks for transparent huge pages on a tensor's memory (before it is first touched).
-void advise_huge_pages(const attn::Tensor& t) {
-  const std::uintptr_t page = 4096, begin = (reinterpret_cast<std::uintptr_t>(t.data()) + page - 1) / page * page;
-  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(t.data()) + t.nbytes();
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -98,7 +90,7 @@ int main(int argc, char** argv) {
   attn::Tensor dst({no_ceilings ? 0 : std::int64_t(stream_bytes)}, attn::DType::u8);
   attn::Tensor floats({no_ceilings ? 0 : std::int64_t(stream_bytes / sizeof(float))}, attn::DType::f32);
   if (huge_pages)
-    for (const attn::Tensor* t : {&pk, &pv, &ck, &cv, &src, &dst, &floats}) advise_huge_pages(*t);
+    for (const attn::Tensor* t : {&pk, &pv, &ck, &cv, &src, &dst, &floats}) attn::bench::advise_huge_pages(*t);
   std::memset(src.data(), 1, src.nbytes());
   std::memset(dst.data(), 0, dst.nbytes());
   std::fill_n(floats.as<float>(), floats.numel(), 1.0f);

@@ -6,7 +6,6 @@
 // Prints best and median seconds over N runs, GFLOP/s (4 * Sq * Sk_visited * D per head:
 // S = QK^T and O = PV, each 2 flops per multiply-add; masked-out work is not counted), peak RSS,
 // and with --sgemm N an OpenBLAS N^3 SGEMM on the same threads as a ceiling.
-#include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -19,18 +18,6 @@
 #include "cpu/isa.hpp"
 #include "cpu/thread_pool.hpp"
 #include "timing_common.hpp"
-
-namespace {
-
-// Asks for transparent huge pages on a tensor's memory (with --huge-pages): K / V rows are
-// heads * dim apart, so with 4 KiB pages every row of a tile can cost a TLB miss.
-void advise_huge_pages(const attn::Tensor& t) {
-  const std::uintptr_t page = 4096, begin = (reinterpret_cast<std::uintptr_t>(t.data()) + page - 1) / page * page;
-  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(t.data()) + t.nbytes();
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   int B = 1, H = 8, Hkv = 0, Sq = 0, Sk = 4096, D = 128, window = -1, reps = 5, sgemm = 0;
@@ -46,7 +33,7 @@ int main(int argc, char** argv) {
   attn::Tensor q({B, Sq, H, D}, dt), k({B, Sk, Hkv, D}, dt), v({B, Sk, Hkv, D}, dt), out({B, Sq, H, D}, dt);
   attn::Tensor lse({B, H, Sq}, attn::DType::f32);
   if (huge_pages)
-    for (const attn::Tensor* t : {&q, &k, &v, &out}) advise_huge_pages(*t);
+    for (const attn::Tensor* t : {&q, &k, &v, &out}) attn::bench::advise_huge_pages(*t);
   // One seed for all three (q = k = v), as in the figures of docs/PERF-cpu-forward.md.
   attn::bench::fill_random(q, 12345);
   attn::bench::fill_random(k, 12345);

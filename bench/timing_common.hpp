@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -10,6 +11,8 @@
 #include <string>
 #include <variant>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "attn/tensor.hpp"
 #include "cpu/thread_pool.hpp"
@@ -102,6 +105,14 @@ inline void print_sgemm_ceiling(int n, int reps) {
   (void)reps;
   std::printf("openblas sgemm: not built (OpenBLAS was not found)\n");
 #endif
+}
+
+/// Asks for transparent huge pages on a tensor's memory (before it is first touched): K / V
+/// rows are heads * dim apart, so with 4 KiB pages every row of a tile can cost a TLB miss.
+inline void advise_huge_pages(const attn::Tensor& t) {
+  const std::uintptr_t page = 4096, begin = (reinterpret_cast<std::uintptr_t>(t.data()) + page - 1) / page * page;
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(t.data()) + t.nbytes();
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 
 }  // namespace attn::bench
