@@ -461,7 +461,7 @@ struct FlashForward {
   /// Online softmax over one score tile (keys x Rp, key-major), probabilities written in place.
   /// A row whose maximum is still -inf uses 0 as its reference, so 2^(-inf - ref) = 0 and
   /// never NaN; its alpha is 0 too (its o and l are 0 anyway).
-  void online_softmax(const ForwardUnit& u, const HeadTile& h, int keys, float* s) const {
+  void online_softmax(const ForwardUnit& /*u*/, const HeadTile& h, int keys, float* s) const {
     const int ld = plan.rows_pad;
     const V minus_inf = V::set1(kMinusInf), zero = V::zero();
     for (int c = 0; c < ld; c += V::width) {
