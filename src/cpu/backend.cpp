@@ -59,7 +59,14 @@ void forward(const detail::AttentionProblem& p, Workspace ws) {
   dense_forward(p, ws);
 }
 
-std::size_t backward_workspace_size(const detail::BackwardProblem& p) { return flash_backward_workspace_size(p); }
-void backward(const detail::BackwardProblem& p, Workspace ws) { flash_backward_run(p, ws); }
+std::size_t backward_workspace_size(const detail::BackwardProblem& p) {
+  return use_strided_split(p) ? strided_split_backward_workspace_size(p, flash_backward_workspace_size)
+                              : flash_backward_workspace_size(p);
+}
+
+void backward(const detail::BackwardProblem& p, Workspace ws) {
+  if (use_strided_split(p)) return strided_split_backward(p, ws, flash_backward_workspace_size, flash_backward_run);
+  flash_backward_run(p, ws);
+}
 
 }  // namespace attn::cpu

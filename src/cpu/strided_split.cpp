@@ -11,14 +11,17 @@ namespace attn::cpu {
 namespace {
 
 using detail::AttentionProblem;
+using detail::BackwardProblem;
+using detail::TokenLayout;
 using detail::MaskParams;
 
 constexpr std::size_t kAlign = 64;
 constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 /// The causal band d = p - j in [0, l].
-AttentionProblem band_problem(const AttentionProblem& p) {
-  AttentionProblem a = p;
+template <class Problem>
+Problem band_problem(const Problem& p) {
+  Problem a = p;
   a.mask = MaskParams{};
   a.mask.causal = true;
   a.mask.window_left = p.mask.strided;
@@ -44,22 +47,43 @@ ClassRows class_rows(const AttentionProblem& p, int c) {
   return r;
 }
 
-/// Class c's problem over strided views; its output and lse go to o_b and lse_b (laid out as
-/// (B, Sq, Hq, Dv) and (B, Hq, Sq)).
-AttentionProblem class_problem(const AttentionProblem& p, int c, const ClassRows& r, float* o_b, float* lse_b) {
+/// A tensor of rows (query or key) restricted to the rows first, first + l, ...: pointer and
+/// token stride; the other strides stay.
+template <class Ptr>
+void every_lth_row(Ptr& data, detail::TokenLayout& layout, std::int64_t first, int l) {
+  if (data != nullptr) data = data + first * layout.token_stride;
+  layout.token_stride *= l;
+}
+
+/// Class c's inputs as strided views of p's (q and, for the backward, out / dout / lse by query
+/// row; k and v by key row), with the class's causal mask and lengths.
+template <class Problem>
+Problem class_inputs(const Problem& p, int c, const ClassRows& r) {
   const int l = p.mask.strided;
   const std::int64_t row = r.first_row(p, c);
-  AttentionProblem q = p;
+  Problem q = p;
   q.mask = MaskParams{};
   q.mask.causal = true;
   q.seqlen_q = r.nq;
   q.seqlen_k = r.nk;
-  q.q = static_cast<const float*>(p.q) + row * p.q_layout.token_stride;
-  q.q_layout.token_stride *= l;
-  q.k = static_cast<const float*>(p.k) + std::int64_t(c) * p.k_layout.token_stride;
-  q.k_layout.token_stride *= l;
-  q.v = static_cast<const float*>(p.v) + std::int64_t(c) * p.v_layout.token_stride;
-  q.v_layout.token_stride *= l;
+  const float* qp = static_cast<const float*>(p.q);
+  every_lth_row(qp, q.q_layout, row, l);
+  q.q = qp;
+  const float* kp = static_cast<const float*>(p.k);
+  every_lth_row(kp, q.k_layout, c, l);
+  q.k = kp;
+  const float* vp = static_cast<const float*>(p.v);
+  every_lth_row(vp, q.v_layout, c, l);
+  q.v = vp;
+  return q;
+}
+
+/// Class c's forward; its output and lse go to o_b and lse_b (laid out as (B, Sq, Hq, Dv) and
+/// (B, Hq, Sq)).
+AttentionProblem class_problem(const AttentionProblem& p, int c, const ClassRows& r, float* o_b, float* lse_b) {
+  const int l = p.mask.strided;
+  const std::int64_t row = r.first_row(p, c);
+  AttentionProblem q = class_inputs(p, c, r);
   const std::int64_t Hq = p.heads_q, Dv = p.head_dim_v, Sq = p.seqlen_q;
   q.out = o_b != nullptr ? o_b + row * Hq * Dv : nullptr;  // nullptr: sizing only
   q.out_layout = {};
@@ -80,6 +104,53 @@ struct Scratch {
 Scratch scratch_of(const AttentionProblem& p) {
   const std::size_t rows = std::size_t(p.batch) * std::size_t(p.seqlen_q) * std::size_t(p.heads_q);
   return {align_up(rows * std::size_t(p.head_dim_v) * sizeof(float)), align_up(rows * sizeof(float))};
+}
+
+/// Rows of `heads` x `dim` f32 values, `rows` per batch, restricted to every l-th row from
+/// `first`: the class views of the backward's scratch gradients.
+TokenLayout scratch_rows(std::int64_t rows, std::int64_t heads, std::int64_t dim, int l) {
+  TokenLayout t;
+  t.batch_stride = rows * heads * dim;
+  t.token_stride = l * heads * dim;
+  t.head_stride = dim;
+  return t;
+}
+
+struct BwdScratch {
+  std::size_t dq = 0, dk = 0, dv = 0;  // bytes
+  std::size_t total() const { return dq + dk + dv; }
+};
+BwdScratch bwd_scratch_of(const BackwardProblem& p) {
+  const std::size_t B = p.batch, Sq = p.seqlen_q, Sk = p.seqlen_k, Hq = p.heads_q, Hk = p.heads_kv;
+  const std::size_t D = p.head_dim, Dv = p.head_dim_v, f = sizeof(float);
+  return {align_up(B * Sq * Hq * D * f), align_up(B * Sk * Hk * D * f), align_up(B * Sk * Hk * Dv * f)};
+}
+
+/// Class c's backward: out, dout and lse (inputs) as strided views by query row as well; its
+/// gradients go to scratch laid out (B, Sq, Hq, D), (B, Sk, Hk, D) and (B, Sk, Hk, Dv).
+BackwardProblem class_backward(const BackwardProblem& p, int c, const ClassRows& r, float* dq, float* dk,
+                               float* dv) {
+  const int l = p.mask.strided;
+  const std::int64_t row = r.first_row(p, c);
+  BackwardProblem q = class_inputs(p, c, r);
+  float* out = static_cast<float*>(p.out);
+  every_lth_row(out, q.out_layout, row, l);
+  q.out = out;
+  const float* dout = static_cast<const float*>(p.dout);
+  every_lth_row(dout, q.dout_layout, row, l);
+  q.dout = dout;
+  float* lse = p.lse;
+  every_lth_row(lse, q.lse_layout, row, l);
+  q.lse = lse;
+  const std::int64_t Sq = p.seqlen_q, Sk = p.seqlen_k, Hq = p.heads_q, Hk = p.heads_kv;
+  const std::int64_t D = p.head_dim, Dv = p.head_dim_v;
+  q.dq = dq != nullptr ? dq + row * Hq * D : nullptr;  // nullptr: sizing only
+  q.dq_layout = scratch_rows(Sq, Hq, D, l);
+  q.dk = dk != nullptr ? dk + c * Hk * D : nullptr;
+  q.dk_layout = scratch_rows(Sk, Hk, D, l);
+  q.dv = dv != nullptr ? dv + c * Hk * Dv : nullptr;
+  q.dv_layout = scratch_rows(Sk, Hk, Dv, l);
+  return q;
 }
 
 }  // namespace
@@ -160,6 +231,57 @@ void strided_split_forward(const AttentionProblem& p, Workspace ws,
       if (p.lse != nullptr) p.lse[p.lse_layout.offset(int(b), i, int(h))] = lse;
     }
   });
+}
+
+std::size_t strided_split_backward_workspace_size(const BackwardProblem& p,
+                                                  std::size_t (*inner_size)(const BackwardProblem&)) {
+  std::size_t inner = inner_size(band_problem(p));
+  for (int c = 0; c < p.mask.strided; ++c) {
+    const ClassRows r = class_rows(p, c);
+    if (r.nq > 0 && r.nk > 0) inner = std::max(inner, inner_size(class_backward(p, c, r, nullptr, nullptr, nullptr)));
+  }
+  return bwd_scratch_of(p).total() + align_up(inner);
+}
+
+void strided_split_backward(const BackwardProblem& p, Workspace ws,
+                            std::size_t (*inner_size)(const BackwardProblem&),
+                            void (*inner)(const BackwardProblem&, Workspace)) {
+  const std::size_t need = strided_split_backward_workspace_size(p, inner_size);
+  ATTN_CHECK(ws.data != nullptr && ws.bytes >= need, "workspace: the cpu backward needs ", need, " bytes, got ",
+             ws.bytes);
+  const BwdScratch s = bwd_scratch_of(p);
+  auto* base = static_cast<std::byte*>(ws.data);
+  float* dq_b = reinterpret_cast<float*>(base);
+  float* dk_b = reinterpret_cast<float*>(base + s.dq);
+  float* dv_b = reinterpret_cast<float*>(base + s.dq + s.dk);
+  const Workspace rest{base + s.total(), ws.bytes - s.total()};
+  const std::int64_t B = p.batch, Sq = p.seqlen_q, Sk = p.seqlen_k, Hq = p.heads_q, Hk = p.heads_kv;
+  const std::int64_t D = p.head_dim, Dv = p.head_dim_v;
+
+  inner(band_problem(p), rest);  // writes every element of dq, dk and dv
+  // A class's keys past its last query's reach are never written: the scratch starts at 0.
+  std::fill(dq_b, dq_b + B * Sq * Hq * D, 0.0f);
+  std::fill(dk_b, dk_b + B * Sk * Hk * D, 0.0f);
+  std::fill(dv_b, dv_b + B * Sk * Hk * Dv, 0.0f);
+  for (int c = 0; c < p.mask.strided; ++c) {
+    const ClassRows r = class_rows(p, c);
+    if (r.nq > 0 && r.nk > 0) inner(class_backward(p, c, r, dq_b, dk_b, dv_b), rest);
+  }
+
+  auto add = [&](void* dst, const TokenLayout& layout, const float* src, std::int64_t seq, std::int64_t heads,
+                 std::int64_t dim) {
+    parallel_for(B * seq, [&](std::int64_t bt, int) {
+      const std::int64_t b = bt / seq, t = bt % seq;
+      for (std::int64_t h = 0; h < heads; ++h) {
+        float* d = static_cast<float*>(dst) + layout.offset(int(b), t, int(h));
+        const float* x = src + ((b * seq + t) * heads + h) * dim;
+        for (std::int64_t e = 0; e < dim; ++e) d[e] += x[e];
+      }
+    });
+  };
+  add(p.dq, p.dq_layout, dq_b, Sq, Hq, D);
+  add(p.dk, p.dk_layout, dk_b, Sk, Hk, D);
+  add(p.dv, p.dv_layout, dv_b, Sk, Hk, Dv);
 }
 
 }  // namespace attn::cpu

@@ -29,4 +29,14 @@ void strided_split_forward(const detail::AttentionProblem& p, Workspace ws,
                            std::size_t (*inner_size)(const detail::AttentionProblem&),
                            void (*inner)(const detail::AttentionProblem&, Workspace));
 
+/// The backward of the same split: P over the union of the band's and the classes' keys uses
+/// the global lse and D_i = dO_i . O_i, so each part's backward, given the global out and lse,
+/// yields its share of the gradients. The band writes dq / dk / dv; the classes write f32
+/// scratch on strided views, added in after. Same conditions as the forward.
+std::size_t strided_split_backward_workspace_size(const detail::BackwardProblem& p,
+                                                  std::size_t (*inner_size)(const detail::BackwardProblem&));
+void strided_split_backward(const detail::BackwardProblem& p, Workspace ws,
+                            std::size_t (*inner_size)(const detail::BackwardProblem&),
+                            void (*inner)(const detail::BackwardProblem&, Workspace));
+
 }  // namespace attn::cpu
