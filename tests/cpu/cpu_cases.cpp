@@ -53,4 +53,28 @@ double unit_roundoff(DType t) {
   return t == DType::f16 ? std::ldexp(1.0, -11) : t == DType::bf16 ? std::ldexp(1.0, -8) : 0.0;
 }
 
+std::vector<AttentionCase> strided_split_cases() {
+  struct Shape {
+    int l, sq, sk, hq, hkv, batch;
+    float softcap;
+  };
+  std::vector<AttentionCase> cases;
+  for (const Shape& s : {Shape{8, 64, 64, 2, 1, 1, 0.0f}, Shape{5, 130, 130, 2, 2, 2, 0.0f},
+                         Shape{16, 50, 200, 6, 2, 1, 0.0f}, Shape{7, 97, 97, 3, 1, 1, 20.0f},
+                         Shape{4, 1, 33, 4, 2, 3, 0.0f}, Shape{4, 16, 16, 1, 1, 1, 0.0f},
+                         Shape{32, 200, 260, 2, 1, 1, 0.0f}}) {
+    AttentionCase c;
+    c.mask.strided = s.l;
+    c.mask.causal = s.l % 2 == 0;  // implied by strided: the same set either way
+    c.seqlen_q = s.sq;
+    c.seqlen_k = s.sk;
+    c.heads_q = s.hq;
+    c.heads_kv = s.hkv;
+    c.batch = s.batch;
+    c.softcap = s.softcap;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
 }  // namespace attn::test

@@ -56,6 +56,11 @@ ReferenceForward reference_forward(const AttentionCase& c, const AttentionInputs
 /// 2^-11 for f16, 2^-8 for bf16, 0 for f32 (whose rounding the tolerances cover).
 double unit_roundoff(DType t);
 
+/// Strided-mask cases that take the CPU's band + residue-class split (cpu/strided_split.hpp):
+/// strides that do and do not divide the lengths, queries starting mid-class (Sq < Sk), GQA,
+/// soft-cap, decode, a causal flag beside the stride, classes too short for any key.
+std::vector<AttentionCase> strided_split_cases();
+
 /// Puts the ISA and the thread count back when a test that changes them ends.
 struct RestoreCpuSettings {
   cpu::Isa isa = cpu::active_isa();

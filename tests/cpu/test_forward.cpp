@@ -150,27 +150,11 @@ TEST(CpuForward, MaskParts) {
 }
 
 // The strided pattern alone takes the band + residue-class split (cpu/strided_split.hpp) when
-// f32, padded, Sq <= Sk and Sk >= 4 l: strides that do and do not divide the lengths, query
-// rows that start mid-class (Sq < Sk), GQA, soft-cap, decode, classes too short for any key.
+// f32, padded, Sq <= Sk and Sk >= 4 l (the cases: test::strided_split_cases).
 TEST(CpuForward, StridedSplitMatchesReference) {
-  struct Shape {
-    int l, sq, sk, hq, hkv, batch;
-    float softcap;
-  };
-  for (const Shape& s : {Shape{8, 64, 64, 2, 1, 1, 0.0f}, Shape{5, 130, 130, 2, 2, 2, 0.0f},
-                         Shape{16, 50, 200, 6, 2, 1, 0.0f}, Shape{7, 97, 97, 3, 1, 1, 20.0f},
-                         Shape{4, 1, 33, 4, 2, 3, 0.0f}, Shape{4, 16, 16, 1, 1, 1, 0.0f},
-                         Shape{32, 200, 260, 2, 1, 1, 0.0f}}) {
-    Case c;
-    c.mask.strided = s.l;
-    c.mask.causal = s.l % 2 == 0;  // implied by strided: the same set either way
-    c.seqlen_q = s.sq;
-    c.seqlen_k = s.sk;
-    c.heads_q = s.hq;
-    c.heads_kv = s.hkv;
-    c.batch = s.batch;
-    c.softcap = s.softcap;
-    SCOPED_TRACE("l " + std::to_string(s.l) + " sq " + std::to_string(s.sq) + " sk " + std::to_string(s.sk));
+  for (const Case& c : test::strided_split_cases()) {
+    SCOPED_TRACE("l " + std::to_string(c.mask.strided) + " sq " + std::to_string(c.seqlen_q) + " sk " +
+                 std::to_string(c.seqlen_k));
     run_case(c);
   }
 }
