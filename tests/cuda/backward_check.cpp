@@ -105,36 +105,9 @@ BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwi
   const Tensor q_h = host_randn(q_shape, c.dtype, c.sigma, gen), k_h = host_randn(k_shape, c.dtype, c.sigma, gen);
   const Tensor v_h = host_randn(v_shape, c.dtype, 1.0, gen), dout_h = host_randn(o_shape, c.dtype, 1.0, gen);
 
-  // Mask parts that need tensors: a random block layout (block row 0 of head 0 empty, so some
-  // rows are fully masked) and global tokens.
-  Mask mask_h;
-  mask_h.causal = c.causal;
-  mask_h.window_left = c.window_left;
-  mask_h.window_right = c.window_right;
-  mask_h.dilation = c.dilation;
-  mask_h.strided = c.strided;
-  mask_h.fixed_stride = c.fixed_stride;
-  mask_h.fixed_summary = c.fixed_summary;
-  Tensor layout_h, globals_h, layout_d, globals_d;
-  if (c.block_q > 0) {
-    const std::int64_t nbq = (max_sq + c.block_q - 1) / c.block_q, nbk = (max_sk + c.block_k - 1) / c.block_k;
-    layout_h = c.per_head_layout ? host_tensor({Hq, nbq, nbk}, DType::u8) : host_tensor({nbq, nbk}, DType::u8);
-    std::bernoulli_distribution bit(0.6);
-    for (std::int64_t i = 0; i < layout_h.numel(); ++i) layout_h.as<std::uint8_t>()[i] = bit(gen) ? 1 : 0;
-    for (std::int64_t j = 0; j < nbk; ++j) layout_h.as<std::uint8_t>()[j] = 0;
-    layout_d = to_device(layout_h);
-    mask_h.block_layout = layout_h;
-    mask_h.block_q = c.block_q;
-    mask_h.block_k = c.block_k;
-  }
-  if (!c.global_tokens.empty()) {
-    globals_h = host_i32(c.global_tokens);
-    globals_d = to_device(globals_h);
-    mask_h.global_tokens = globals_h;
-  }
-  Mask mask_d = mask_h;
-  if (layout_d.defined()) mask_d.block_layout = layout_d;
-  if (globals_d.defined()) mask_d.global_tokens = globals_d;
+  const CaseMasks masks = make_case_masks(c, Hq, max_sq, max_sk, gen);
+  const Mask& mask_h = masks.host;
+  const Mask& mask_d = masks.device;
   AttentionParams params;
   params.scale = c.scale;
   params.softcap = c.softcap;

@@ -13,10 +13,12 @@
 #include <vector>
 
 #include "attn/attention.hpp"
+#include "cuda/case_mask.hpp"
 
 namespace attn::test::cuda {
 
-struct BwdCase {
+/// A case: shapes and numerics here, the mask parts in CaseMask.
+struct BwdCase : CaseMask {
   std::string name;
   DType dtype = DType::bf16;
   int head_dim = 128;
@@ -28,13 +30,6 @@ struct BwdCase {
   int heads_kv = 4;
   /// Packed (varlen) batch: per-sequence query and key lengths (override batch / seqlens).
   std::vector<int> lens_q, lens_k;
-  bool causal = false;
-  int window_left = -1, window_right = -1, dilation = 0;
-  int strided = 0, fixed_stride = 0, fixed_summary = 0;
-  /// > 0: a random block-sparse layout of these block sizes (per query head when per_head_layout).
-  int block_q = 0, block_k = 0;
-  bool per_head_layout = false;
-  std::vector<int> global_tokens;
   float scale = 0.0f;
   float softcap = 0.0f;
   double sigma = 1.0;  ///< standard deviation of q and k

@@ -12,10 +12,12 @@
 #include <vector>
 
 #include "attn/attention.hpp"
+#include "cuda/case_mask.hpp"
 
 namespace attn::test::cuda {
 
-struct FwdCase {
+/// A case: shapes and numerics here, the mask parts in CaseMask.
+struct FwdCase : CaseMask {
   std::string name;
   DType dtype = DType::bf16;
   int head_dim = 128;
@@ -30,13 +32,6 @@ struct FwdCase {
   /// > 0: K and V live in a shuffled page pool (page_size tokens per page) with per-sequence
   /// key lengths `lens_k` (or seqlen_k for all); queries stay padded (batch, seqlen_q).
   int page_size = 0;
-  bool causal = false;
-  int window_left = -1, window_right = -1, dilation = 0;
-  int strided = 0, fixed_stride = 0, fixed_summary = 0;
-  /// > 0: a random block-sparse layout of these block sizes (per query head when per_head_layout).
-  int block_q = 0, block_k = 0;
-  bool per_head_layout = false;
-  std::vector<int> global_tokens;
   float scale = 0.0f;
   float softcap = 0.0f;
   /// Standard deviation of q and k; large values give huge logits.
