@@ -28,6 +28,14 @@ int max_len(const std::vector<std::int32_t>& cu) {
 
 }  // namespace
 
+void check_q_dtype(Backend backend, DType dt) {
+  if (backend == Backend::reference) {
+    ATTN_CHECK(is_storage_dtype(dt) || dt == DType::f64, "q: expected dtype f32, f16, bf16 or f64, got ", dtype_name(dt));
+  } else {
+    ATTN_CHECK(is_storage_dtype(dt), "q: expected dtype f32, f16 or bf16, got ", dtype_name(dt));
+  }
+}
+
 Backend pick_backend(Backend requested, const TensorView& q) {
   if (requested == Backend::automatic) return q.device.is_cuda() ? Backend::cuda : Backend::cpu;
   if (requested == Backend::cuda) {
@@ -168,11 +176,7 @@ AttentionProblem resolve_forward(const ForwardArgs& a, Backend backend, Resolved
   const bool packed = a.cu_seqlens_q.defined() || a.cu_seqlens_k.defined();
   const DType dt = a.q.dtype;
   const Device dev = a.q.device;
-  if (backend == Backend::reference) {
-    ATTN_CHECK(is_storage_dtype(dt) || dt == DType::f64, "q: expected dtype f32, f16, bf16 or f64, got ", dtype_name(dt));
-  } else {
-    ATTN_CHECK(is_storage_dtype(dt), "q: expected dtype f32, f16 or bf16, got ", dtype_name(dt));
-  }
+  check_q_dtype(backend, dt);
   check_tokens(a.q, "q", packed, dt, dev);
   check_tokens(a.k, "k", packed, dt, dev);
   check_tokens(a.v, "v", packed, dt, dev);

@@ -13,6 +13,9 @@ namespace attn::detail {
 /// one of q's device. Errors name `backend`.
 Backend pick_backend(Backend requested, const TensorView& q);
 
+/// q's dtype for a backend: f32, f16 or bf16 (the reference also takes f64).
+void check_q_dtype(Backend backend, DType dt);
+
 /// Head-dim limits of a backend ("head_dim must be ..."), checked by resolve_*.
 void check_head_dims(Backend backend, int head_dim, int head_dim_v);
 

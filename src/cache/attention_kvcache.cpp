@@ -79,11 +79,7 @@ Resolved resolve(const KVCacheArgs& a, Backend backend) {
   ATTN_CHECK(a.q.defined(), "q: required");
   const DType dt = a.q.dtype;
   const Device dev = a.q.device;
-  if (backend == Backend::reference) {
-    ATTN_CHECK(is_storage_dtype(dt) || dt == DType::f64, "q: expected dtype f32, f16, bf16 or f64, got ", dtype_name(dt));
-  } else {
-    ATTN_CHECK(is_storage_dtype(dt), "q: expected dtype f32, f16 or bf16, got ", dtype_name(dt));
-  }
+  detail::check_q_dtype(backend, dt);
   detail::check_tokens(a.q, "q", false, dt, dev);
   detail::check_tokens(a.k_cache, "k_cache", false, dt, dev);
   detail::check_tokens(a.v_cache, "v_cache", false, dt, dev);

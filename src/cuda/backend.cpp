@@ -12,6 +12,7 @@
 #include "cuda/check.hpp"
 #include "cuda/fwd_params.hpp"
 #include "cuda/mla/mla_decode.hpp"
+#include "cuda/plan_checks.hpp"
 
 namespace attn::cuda {
 namespace {
@@ -32,16 +33,6 @@ int current_device_attribute(cudaDeviceAttr attr) {
   ATTN_CUDA_CHECK(cudaGetDevice(&dev));
   ATTN_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, dev));
   return value;
-}
-
-/// The kernels copy rows 16 bytes at a time (cp.async, vector stores).
-void check_rows_aligned(const char* name, const void* data, const TokenLayout& l) {
-  const bool ok = reinterpret_cast<std::uintptr_t>(data) % 16 == 0 && l.token_stride % 8 == 0 &&
-                  l.head_stride % 8 == 0 && l.batch_stride % 8 == 0 && l.page_stride % 8 == 0;
-  ATTN_CHECK(ok, name,
-             ": the cuda backend expects 16-byte aligned rows (data pointer aligned to 16 bytes, batch/token/head/"
-             "page strides multiples of 8 elements), got strides ",
-             l.batch_stride, "/", l.token_stride, "/", l.head_stride);
 }
 
 /// The Hopper kernel (wgmma) serves D = Dv = 128 prefill-shaped calls on an sm_90 device when
@@ -141,18 +132,6 @@ Plan plan_forward(const AttentionProblem& p) {
   return plan;
 }
 
-/// Calls fn.template operator()<D, Dv>() for the compiled head-dim pairs.
-template <class Fn>
-void with_head_dims(int d, int dv, Fn&& fn) {
-  if (d == 64 && dv == 64) return fn.template operator()<64, 64>();
-  if (d == 96 && dv == 96) return fn.template operator()<96, 96>();
-  if (d == 128 && dv == 128) return fn.template operator()<128, 128>();
-  if (d == 192 && dv == 192) return fn.template operator()<192, 192>();
-  if (d == 192 && dv == 128) return fn.template operator()<192, 128>();
-  if (d == 256 && dv == 256) return fn.template operator()<256, 256>();
-  detail::fail("head_dim: the cuda backend has no kernel for head_dim ", d, " / head_dim_v ", dv);
-}
-
 }  // namespace
 
 std::size_t forward_workspace_size(const AttentionProblem& p) {
@@ -182,7 +161,7 @@ void forward(const AttentionProblem& p, Workspace ws) {
     if (f.n_splits > 1) launch_fwd_combine(f, stream);
     return;
   }
-  with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
+  with_head_dims(p.head_dim, p.head_dim_v, "the cuda backend", [&]<int D, int Dv>() {
     if (p.dtype == DType::f16) {
       launch_flash_fwd<DType::f16, D, Dv>(f, stream);
     } else {

@@ -8,37 +8,16 @@
 
 #include "cuda/bwd_params.hpp"
 #include "cuda/check.hpp"
+#include "cuda/plan_checks.hpp"
 
 namespace attn::cuda {
 namespace {
 
 using detail::BackwardProblem;
-using detail::TokenLayout;
 
 constexpr std::size_t kAlign = 256;
 constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 constexpr float kLog2e = 1.4426950408889634f;
-
-void check_rows(const char* name, const void* data, const TokenLayout& l) {
-  const bool ok = reinterpret_cast<std::uintptr_t>(data) % 16 == 0 && l.token_stride % 8 == 0 &&
-                  l.head_stride % 8 == 0 && l.batch_stride % 8 == 0;
-  ATTN_CHECK(ok, name,
-             ": the cuda backend expects 16-byte aligned rows (data pointer aligned to 16 bytes, batch/token/head "
-             "strides multiples of 8 elements), got strides ",
-             l.batch_stride, "/", l.token_stride, "/", l.head_stride);
-}
-
-/// Calls fn.template operator()<D, Dv>() for the compiled head-dim pairs.
-template <class Fn>
-void with_head_dims(int d, int dv, Fn&& fn) {
-  if (d == 64 && dv == 64) return fn.template operator()<64, 64>();
-  if (d == 96 && dv == 96) return fn.template operator()<96, 96>();
-  if (d == 128 && dv == 128) return fn.template operator()<128, 128>();
-  if (d == 192 && dv == 192) return fn.template operator()<192, 192>();
-  if (d == 192 && dv == 128) return fn.template operator()<192, 128>();
-  if (d == 256 && dv == 256) return fn.template operator()<256, 256>();
-  detail::fail("head_dim: the cuda backward has no kernel for head_dim ", d, " / head_dim_v ", dv);
-}
 
 /// The Hopper backward is opt-in (ATTN_CUDA_BWD=sm90) until it has run on a GPU: D = Dv = 128
 /// on an sm_90 device, in a build with sm_90a code.
@@ -67,17 +46,18 @@ Plan plan_backward(const BackwardProblem& p) {
   ATTN_CHECK(p.dtype == DType::f16 || p.dtype == DType::bf16,
              "q: the cuda backend runs f16 and bf16 (f32 accumulation); got ", dtype_name(p.dtype),
              " (convert the inputs to bf16 or f16, or use the cpu backend)");
-  with_head_dims(p.head_dim, p.head_dim_v, []<int, int>() {});  // throws, naming them, when not compiled
+  // Throws, naming them, when the head dims have no kernel.
+  with_head_dims(p.head_dim, p.head_dim_v, "the cuda backward", []<int, int>() {});
   ATTN_CHECK(p.seqlens_k == nullptr && p.k_layout.block_table == nullptr,
              "k: the cuda backward takes padded or packed keys, not a cache");
-  check_rows("q", p.q, p.q_layout);
-  check_rows("k", p.k, p.k_layout);
-  check_rows("v", p.v, p.v_layout);
-  check_rows("out", p.out, p.out_layout);
-  check_rows("dout", p.dout, p.dout_layout);
-  check_rows("dq", p.dq, p.dq_layout);
-  check_rows("dk", p.dk, p.dk_layout);
-  check_rows("dv", p.dv, p.dv_layout);
+  check_rows_aligned("q", p.q, p.q_layout);
+  check_rows_aligned("k", p.k, p.k_layout);
+  check_rows_aligned("v", p.v, p.v_layout);
+  check_rows_aligned("out", p.out, p.out_layout);
+  check_rows_aligned("dout", p.dout, p.dout_layout);
+  check_rows_aligned("dq", p.dq, p.dq_layout);
+  check_rows_aligned("dk", p.dk, p.dk_layout);
+  check_rows_aligned("dv", p.dv, p.dv_layout);
   ATTN_CHECK(p.batch <= 65535, "q: the cuda backend supports batch <= 65535, got ", p.batch);
   ATTN_CHECK(p.heads_kv <= 65535, "k: the cuda backend supports at most 65535 kv heads, got ", p.heads_kv);
 
@@ -134,7 +114,7 @@ void flash_backward(const BackwardProblem& p, Workspace ws) {
         launch_flash_bwd_sm90<DType::bf16, 128>(f, stream);
       }
     } else {
-      with_head_dims(p.head_dim, p.head_dim_v, [&]<int D, int Dv>() {
+      with_head_dims(p.head_dim, p.head_dim_v, "the cuda backward", [&]<int D, int Dv>() {
         if (p.dtype == DType::f16) {
           launch_flash_bwd<DType::f16, D, Dv>(f, stream);
         } else {
