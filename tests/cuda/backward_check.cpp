@@ -1,4 +1,5 @@
 #include "cuda/backward_check.hpp"
+#include "cuda/case_lists.hpp"
 #include "cuda/device_tensors.hpp"
 
 #include <algorithm>
@@ -279,25 +280,7 @@ std::vector<BwdCase> backward_cases() {
   std::vector<BwdCase> cs;
   auto add = [&](BwdCase c) { cs.push_back(std::move(c)); };
 
-  // Every compiled (dtype, head dim) with GQA 2 and lengths that are not tile multiples.
-  for (DType dt : {DType::bf16, DType::f16})
-    for (auto [d, dv] : {std::pair{64, 64}, {96, 96}, {128, 128}, {192, 192}, {192, 128}, {256, 256}}) {
-      BwdCase c;
-      c.name = std::string("basic_") + dtype_name(dt) + "_d" + std::to_string(d) + (d != dv ? "x" + std::to_string(dv) : "");
-      c.dtype = dt;
-      c.head_dim = d;
-      c.head_dim_v = dv;
-      c.seqlen_q = 137;
-      c.seqlen_k = 137;
-      c.heads_kv = 2;
-      c.small = d == 64 || d == 256 || d != dv;
-      add(c);
-      c.name += "_causal";
-      c.causal = true;
-      c.seqlen_k = 201;
-      c.small = false;
-      add(c);
-    }
+  add_basic_cases(cs);
 
   // Masks, one part at a time and some combinations.
   BwdCase m;
@@ -312,30 +295,13 @@ std::vector<BwdCase> backward_cases() {
     set(c);
     add(c);
   };
+  add_mask_cases(cs, m);
   mask_case("causal_d128_f16", [](BwdCase& c) { c.causal = true; c.dtype = DType::f16; c.head_dim = 128; });
   mask_case("causal_sq_gt_sk_d192x128", [](BwdCase& c) { c.causal = true; c.seqlen_q = 250; c.seqlen_k = 100; c.head_dim = 192; c.head_dim_v = 128; });
-  mask_case("causal_sq_lt_sk", [](BwdCase& c) { c.causal = true; c.seqlen_q = 77; c.seqlen_k = 300; });
-  mask_case("causal_sq_gt_sk_fully_masked_rows", [](BwdCase& c) { c.causal = true; c.seqlen_q = 300; c.seqlen_k = 77; c.small = true; });
-  mask_case("sq_gt_sk", [](BwdCase& c) { c.seqlen_q = 300; c.seqlen_k = 77; });
-  mask_case("window_50_10", [](BwdCase& c) { c.window_left = 50; c.window_right = 10; });
-  mask_case("window_64_causal", [](BwdCase& c) { c.window_left = 64; c.causal = true; });
-  mask_case("window_0_0", [](BwdCase& c) { c.window_left = 0; c.window_right = 0; });
-  mask_case("window_right_only", [](BwdCase& c) { c.window_right = 3; });
-  mask_case("dilation", [](BwdCase& c) { c.window_left = 20; c.window_right = 5; c.dilation = 2; c.small = true; });
-  mask_case("strided", [](BwdCase& c) { c.strided = 17; });
-  mask_case("fixed", [](BwdCase& c) { c.fixed_stride = 32; c.fixed_summary = 4; });
-  mask_case("block_layout", [](BwdCase& c) { c.block_q = 32; c.block_k = 48; c.small = true; });
-  mask_case("block_layout_per_head", [](BwdCase& c) { c.block_q = 16; c.block_k = 16; c.per_head_layout = true; });
-  mask_case("block_layout_causal", [](BwdCase& c) { c.block_q = 64; c.block_k = 64; c.causal = true; });
-  mask_case("global_causal", [](BwdCase& c) { c.global_tokens = {0, 5, 130}; c.causal = true; c.small = true; });
-  mask_case("global_window", [](BwdCase& c) { c.global_tokens = {3, 199}; c.window_left = 8; c.window_right = 8; });
   mask_case("global_strided", [](BwdCase& c) { c.global_tokens = {7, 100}; c.strided = 9; });
-  mask_case("softcap", [](BwdCase& c) { c.softcap = 5.0f; c.sigma = 3.0; });
   mask_case("softcap_window_d256", [](BwdCase& c) { c.softcap = 20.0f; c.sigma = 2.0; c.window_left = 40; c.window_right = 3; c.head_dim = 256; });
   mask_case("softcap_causal_d128", [](BwdCase& c) { c.softcap = 30.0f; c.sigma = 4.0; c.causal = true; c.head_dim = 128; });
   mask_case("large_logits_bf16", [](BwdCase& c) { c.sigma = 3.0; });
-  mask_case("scale", [](BwdCase& c) { c.scale = 0.3f; c.causal = true; });
-  mask_case("empty_keys", [](BwdCase& c) { c.seqlen_q = 5; c.seqlen_k = 0; c.small = true; });
   mask_case("empty_queries", [](BwdCase& c) { c.seqlen_q = 0; c.seqlen_k = 9; c.small = true; });
 
   // GQA groups, including 3.
@@ -351,27 +317,7 @@ std::vector<BwdCase> backward_cases() {
     add(c);
   }
 
-  // Packed (varlen) batches, with an empty sequence and one-token sequences.
-  BwdCase v;
-  v.name = "varlen";
-  v.head_dim = 64;
-  v.lens_q = {1, 77, 0, 200, 64};
-  v.lens_k = {5, 77, 30, 260, 1};
-  v.heads_q = 2;
-  v.heads_kv = 2;
-  v.small = true;
-  add(v);
-  v.name = "varlen_causal";
-  v.causal = true;
-  v.small = false;
-  add(v);
-  v.name = "varlen_gqa3_window_f16";
-  v.heads_q = 6;
-  v.dtype = DType::f16;
-  v.causal = false;
-  v.window_left = 16;
-  v.window_right = 16;
-  add(v);
+  const BwdCase v = add_varlen_cases(cs, 64);
 
   // Deterministic mode: bitwise-repeatable and still correct, under masks that skip tiles.
   for (auto [name, causal, hq] : {std::tuple{"deterministic", false, 4}, std::tuple{"deterministic_causal_gqa", true, 6}}) {

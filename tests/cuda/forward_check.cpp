@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "cuda/backend.hpp"
+#include "cuda/case_lists.hpp"
 #include "validate.hpp"
 
 namespace attn::test::cuda {
@@ -301,25 +302,7 @@ std::vector<FwdCase> forward_cases() {
   std::vector<FwdCase> cs;
   auto add = [&](FwdCase c) { cs.push_back(std::move(c)); };
 
-  // Every compiled (dtype, head dim) with GQA 2 and lengths that are not tile multiples.
-  for (DType dt : {DType::bf16, DType::f16})
-    for (auto [d, dv] : {std::pair{64, 64}, {96, 96}, {128, 128}, {192, 192}, {192, 128}, {256, 256}}) {
-      FwdCase c;
-      c.name = std::string("basic_") + dtype_name(dt) + "_d" + std::to_string(d) + (d != dv ? "x" + std::to_string(dv) : "");
-      c.dtype = dt;
-      c.head_dim = d;
-      c.head_dim_v = dv;
-      c.seqlen_q = 137;
-      c.seqlen_k = 137;
-      c.heads_kv = 2;
-      c.small = d == 64 || d == 256 || d != dv;
-      add(c);
-      c.name += "_causal";
-      c.causal = true;
-      c.seqlen_k = 201;
-      c.small = false;
-      add(c);
-    }
+  add_basic_cases(cs);
 
   // Queries that fit one 64-row tile (the short tile; longer queries take the 128-row tile at
   // D <= 128), so both tile heights meet the non-decode paths.
@@ -346,28 +329,11 @@ std::vector<FwdCase> forward_cases() {
     set(c);
     add(c);
   };
+  add_mask_cases(cs, m);
   mask_case("causal_f16", [](FwdCase& c) { c.causal = true; c.dtype = DType::f16; });
-  mask_case("causal_sq_lt_sk", [](FwdCase& c) { c.causal = true; c.seqlen_q = 77; c.seqlen_k = 300; });
-  mask_case("causal_sq_gt_sk_fully_masked_rows", [](FwdCase& c) { c.causal = true; c.seqlen_q = 300; c.seqlen_k = 77; c.small = true; });
-  mask_case("sq_gt_sk", [](FwdCase& c) { c.seqlen_q = 300; c.seqlen_k = 77; });
-  mask_case("window_50_10", [](FwdCase& c) { c.window_left = 50; c.window_right = 10; });
-  mask_case("window_64_causal", [](FwdCase& c) { c.window_left = 64; c.causal = true; });
-  mask_case("window_0_0", [](FwdCase& c) { c.window_left = 0; c.window_right = 0; });
-  mask_case("window_right_only", [](FwdCase& c) { c.window_right = 3; });
-  mask_case("dilation", [](FwdCase& c) { c.window_left = 20; c.window_right = 5; c.dilation = 2; c.small = true; });
-  mask_case("strided", [](FwdCase& c) { c.strided = 17; });
-  mask_case("fixed", [](FwdCase& c) { c.fixed_stride = 32; c.fixed_summary = 4; });
-  mask_case("block_layout", [](FwdCase& c) { c.block_q = 32; c.block_k = 48; c.small = true; });
-  mask_case("block_layout_per_head", [](FwdCase& c) { c.block_q = 16; c.block_k = 16; c.per_head_layout = true; });
-  mask_case("block_layout_causal", [](FwdCase& c) { c.block_q = 64; c.block_k = 64; c.causal = true; });
-  mask_case("global_causal", [](FwdCase& c) { c.global_tokens = {0, 5, 130}; c.causal = true; c.small = true; });
-  mask_case("global_window", [](FwdCase& c) { c.global_tokens = {3, 199}; c.window_left = 8; c.window_right = 8; });
-  mask_case("softcap", [](FwdCase& c) { c.softcap = 5.0f; c.sigma = 3.0; });
   mask_case("softcap_causal", [](FwdCase& c) { c.softcap = 30.0f; c.sigma = 4.0; c.causal = true; });
   mask_case("huge_logits_bf16", [](FwdCase& c) { c.sigma = 8.0; });
   mask_case("huge_logits_f16", [](FwdCase& c) { c.sigma = 8.0; c.dtype = DType::f16; });
-  mask_case("scale", [](FwdCase& c) { c.scale = 0.3f; c.causal = true; });
-  mask_case("empty_keys", [](FwdCase& c) { c.seqlen_q = 5; c.seqlen_k = 0; c.small = true; });
   // Queries past one 64-row tile take the Hopper kernel on sm_90: no key tile at all there.
   mask_case("empty_keys_tall", [](FwdCase& c) { c.seqlen_q = 100; c.seqlen_k = 0; c.small = true; });
 
@@ -385,26 +351,7 @@ std::vector<FwdCase> forward_cases() {
     add(c);
   }
 
-  // Packed (varlen) batches, with an empty sequence and one-token sequences.
-  FwdCase v;
-  v.name = "varlen";
-  v.lens_q = {1, 77, 0, 200, 64};
-  v.lens_k = {5, 77, 30, 260, 1};
-  v.heads_q = 2;
-  v.heads_kv = 2;
-  v.small = true;
-  add(v);
-  v.name = "varlen_causal";
-  v.causal = true;
-  v.small = false;
-  add(v);
-  v.name = "varlen_gqa3_window_f16";
-  v.heads_q = 6;
-  v.dtype = DType::f16;
-  v.causal = false;
-  v.window_left = 16;
-  v.window_right = 16;
-  add(v);
+  add_varlen_cases(cs, 128);
 
   // Single tokens and decode shapes: GQA packing, KV splits (combine kernel), empty splits.
   auto decode = [&](const std::string& name, auto&& set) {
