@@ -87,7 +87,7 @@ std::vector<int> offsets_of(const std::vector<int>& lens) {
 
 }  // namespace
 
-BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwise) {
+CheckResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwise) {
   std::mt19937_64 gen(seed);
   const bool varlen = !c.lens_q.empty();
   const int B = varlen ? int(c.lens_q.size()) : c.batch;

@@ -14,6 +14,7 @@
 
 #include "attn/attention.hpp"
 #include "cuda/case_mask.hpp"
+#include "cuda/output_check.hpp"  // CheckResult
 
 namespace attn::test::cuda {
 
@@ -37,14 +38,10 @@ struct BwdCase : CaseMask {
   bool small = false;  ///< small enough for the compute-sanitizer runs
 };
 
-struct BwdResult {
-  bool passed = false;
-  std::string detail;  ///< errors against their tolerances, or what failed
-};
 
 std::vector<BwdCase> backward_cases();
 /// Runs one case (throws attn::Error when the backend does). With `repeat_bitwise`, runs the
 /// CUDA backward twice and also requires bitwise-equal gradients.
-BwdResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwise = false);
+CheckResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bitwise = false);
 
 }  // namespace attn::test::cuda

@@ -12,6 +12,7 @@
 
 #include "cuda/backend.hpp"
 #include "cuda/case_lists.hpp"
+#include "cuda/output_check.hpp"
 #include "validate.hpp"
 
 namespace attn::test::cuda {
@@ -242,12 +243,7 @@ CheckResult check_forward(const FwdCase& c, std::uint64_t seed) {
   const double u = unit_roundoff(c.dtype);
   double vmax = 0;
   for (std::int64_t i = 0; i < vv.numel(); ++i) vmax = std::max(vmax, std::abs(read_element(vv, i)));
-  std::ostringstream why;
-  int failures = 0;
-  auto fail = [&](const std::string& what) {
-    if (failures++ < 5) why << what << "; ";
-  };
-  double worst_row = 0, err2 = 0, ref2 = 0, worst_lse = 0;
+  OutputCheck check(u, vmax);
   for (std::int64_t tok = 0; tok < Tq; ++tok) {
     const int b = int(std::upper_bound(cu_q.begin(), cu_q.end(), int(tok)) - cu_q.begin()) - 1;
     const std::int64_t i = tok - cu_q[std::size_t(b)];
@@ -256,46 +252,16 @@ CheckResult check_forward(const FwdCase& c, std::uint64_t seed) {
       const std::int64_t padded_index = (std::int64_t(b) * Hq + h) * c.seqlen_q + i;
       const double lref = read_element(lse_ref, packed_ref ? std::int64_t(h) * Tq + tok : padded_index);
       const std::int64_t lse_dev_index = paged || !packed_ref ? padded_index : std::int64_t(h) * Tq + tok;
-      const double lgot = read_element(lse, lse_dev_index);
       std::ostringstream at;
       at << "(b " << b << ", i " << i << ", h " << h << ")";
-      const bool lse_ok = std::isinf(lref) || std::isinf(lgot) ? lgot == lref
-                                                                : std::abs(lgot - lref) <= 2e-4 * (1 + std::abs(lref));
-      if (!lse_ok) {
-        fail("lse " + at.str() + " = " + std::to_string(lgot) + ", expected " + std::to_string(lref));
-      }
-      if (!std::isinf(lref)) worst_lse = std::max(worst_lse, std::abs(lgot - lref) / (1 + std::abs(lref)));
-      double row_err2 = 0, row_ref2 = 0;
-      for (int e = 0; e < Dv; ++e) {
+      check.row(at.str(), lref, read_element(lse, lse_dev_index), Dv, [&](int e, double& got, double& ref) {
         const std::int64_t idx = (tok * Hq + h) * Dv + e;
-        const double got = read_element(out, idx), ref = read_element(out_ref, idx);
-        if (std::isinf(lref)) {
-          if (got != 0.0) fail("out " + at.str() + "[" + std::to_string(e) + "] = " + std::to_string(got) + " in a fully masked row");
-          continue;
-        }
-        if (!std::isfinite(got) || std::abs(got - ref) > 4 * u * (std::abs(ref) + vmax)) {
-          fail("out " + at.str() + "[" + std::to_string(e) + "] = " + std::to_string(got) + ", expected " + std::to_string(ref));
-        }
-        row_err2 += (got - ref) * (got - ref);
-        row_ref2 += ref * ref;
-      }
-      if (std::isinf(lref)) continue;
-      err2 += row_err2;
-      ref2 += row_ref2;
-      const double row_rel = std::sqrt(row_err2) / (std::sqrt(row_ref2) + 1e-30);
-      worst_row = std::max(worst_row, row_rel);
-      if (!(std::sqrt(row_err2) <= 6 * u * std::sqrt(row_ref2) + 1e-3 * u))
-        fail("out row " + at.str() + " relative error " + std::to_string(row_rel) + " > " + std::to_string(6 * u));
+        got = read_element(out, idx);
+        ref = read_element(out_ref, idx);
+      });
     }
   }
-  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
-  if (!(rel <= 3 * u)) fail("out relative l2 error " + std::to_string(rel) + " > " + std::to_string(3 * u));
-  if (!repeatable) fail("two identical runs differ (a race?)");
-  std::ostringstream summary;
-  summary << "rel_l2 " << rel << " (tol " << 3 * u << "), worst row " << worst_row << " (tol " << 6 * u
-          << "), worst lse " << worst_lse << " (tol 2e-4)";
-  if (failures > 0) summary << "; " << failures << " failures: " << why.str();
-  return {failures == 0, summary.str()};
+  return check.finish(repeatable);
 }
 
 std::vector<FwdCase> forward_cases() {

@@ -13,6 +13,7 @@
 
 #include "attn/attention.hpp"
 #include "cuda/case_mask.hpp"
+#include "cuda/output_check.hpp"  // CheckResult
 
 namespace attn::test::cuda {
 
@@ -42,10 +43,6 @@ struct FwdCase : CaseMask {
   bool small = false;
 };
 
-struct CheckResult {
-  bool passed = false;
-  std::string detail;  ///< errors against their tolerances, or what failed
-};
 
 /// Every case of the suite.
 std::vector<FwdCase> forward_cases();

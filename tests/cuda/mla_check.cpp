@@ -1,4 +1,5 @@
 #include "cuda/mla_check.hpp"
+#include "cuda/output_check.hpp"
 #include "cuda/device_tensors.hpp"
 
 #include <algorithm>
@@ -34,7 +35,7 @@ double unit_roundoff(DType t) { return t == DType::bf16 ? 1.0 / 256 : 1.0 / 2048
 
 }  // namespace
 
-MlaCheckResult check_mla(const MlaCase& c, std::uint64_t seed) {
+CheckResult check_mla(const MlaCase& c, std::uint64_t seed) {
   std::mt19937_64 gen(seed);
   std::normal_distribution<double> normal;
   const int B = int(c.lens_k.size()), H = c.heads, Sq = c.seqlen_q;
@@ -200,53 +201,21 @@ MlaCheckResult check_mla(const MlaCase& c, std::uint64_t seed) {
   double vmax = 0;
   for (std::int64_t i = 0; i < lat64.numel(); ++i)
     if (i % kD < kDv) vmax = std::max(vmax, std::abs(lat64.as<double>()[i]));
-  std::ostringstream why;
-  int failures = 0;
-  auto fail = [&](const std::string& what) {
-    if (failures++ < 5) why << what << "; ";
-  };
-  double worst_row = 0, err2 = 0, ref2 = 0, worst_lse = 0;
+  OutputCheck check(u, vmax);
   for (int b = 0; b < B; ++b)
     for (int i = 0; i < Sq; ++i)
       for (int h = 0; h < H; ++h) {
         const std::int64_t tok = std::int64_t(b) * Sq + i;
-        const double lref = read_element(lse_ref, std::int64_t(h) * Tq + tok);
-        const double lgot = read_element(lse, (std::int64_t(b) * H + h) * Sq + i);
         std::ostringstream at;
         at << "(b " << b << ", i " << i << ", h " << h << ")";
-        const bool lse_ok = std::isinf(lref) || std::isinf(lgot) ? lgot == lref
-                                                                  : std::abs(lgot - lref) <= 2e-4 * (1 + std::abs(lref));
-        if (!lse_ok) fail("lse " + at.str() + " = " + std::to_string(lgot) + ", expected " + std::to_string(lref));
-        if (!std::isinf(lref)) worst_lse = std::max(worst_lse, std::abs(lgot - lref) / (1 + std::abs(lref)));
-        double row_err2 = 0, row_ref2 = 0;
-        for (int e = 0; e < kDv; ++e) {
-          const std::int64_t idx = (tok * H + h) * kDv + e;
-          const double got = read_element(out, idx), ref = read_element(out_ref, idx);
-          if (std::isinf(lref)) {
-            if (got != 0.0) fail("out " + at.str() + "[" + std::to_string(e) + "] = " + std::to_string(got) + " in a fully masked row");
-            continue;
-          }
-          if (!std::isfinite(got) || std::abs(got - ref) > 4 * u * (std::abs(ref) + vmax))
-            fail("out " + at.str() + "[" + std::to_string(e) + "] = " + std::to_string(got) + ", expected " + std::to_string(ref));
-          row_err2 += (got - ref) * (got - ref);
-          row_ref2 += ref * ref;
-        }
-        if (std::isinf(lref)) continue;
-        err2 += row_err2;
-        ref2 += row_ref2;
-        const double row_rel = std::sqrt(row_err2) / (std::sqrt(row_ref2) + 1e-30);
-        worst_row = std::max(worst_row, row_rel);
-        if (!(std::sqrt(row_err2) <= 6 * u * std::sqrt(row_ref2) + 1e-3 * u))
-          fail("out row " + at.str() + " relative error " + std::to_string(row_rel) + " > " + std::to_string(6 * u));
+        check.row(at.str(), read_element(lse_ref, std::int64_t(h) * Tq + tok),
+                  read_element(lse, (std::int64_t(b) * H + h) * Sq + i), kDv, [&](int e, double& got, double& ref) {
+                    const std::int64_t idx = (tok * H + h) * kDv + e;
+                    got = read_element(out, idx);
+                    ref = read_element(out_ref, idx);
+                  });
       }
-  const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
-  if (!(rel <= 3 * u)) fail("out relative l2 error " + std::to_string(rel) + " > " + std::to_string(3 * u));
-  if (!repeatable) fail("two identical runs differ (a race?)");
-  std::ostringstream summary;
-  summary << "rel_l2 " << rel << " (tol " << 3 * u << "), worst row " << worst_row << " (tol " << 6 * u
-          << "), worst lse " << worst_lse << " (tol 2e-4)";
-  if (failures > 0) summary << "; " << failures << " failures: " << why.str();
-  return {failures == 0, summary.str()};
+  return check.finish(repeatable);
 }
 
 std::vector<MlaCase> mla_cases() {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "attn/dtype.hpp"
+#include "cuda/output_check.hpp"  // CheckResult
 
 namespace attn::test::cuda {
 
@@ -35,13 +36,9 @@ struct MlaCase {
   bool small = false;
 };
 
-struct MlaCheckResult {
-  bool passed = false;
-  std::string detail;
-};
 
 std::vector<MlaCase> mla_cases();
 /// Runs one case (throws attn::Error when the backend does).
-MlaCheckResult check_mla(const MlaCase& c, std::uint64_t seed);
+CheckResult check_mla(const MlaCase& c, std::uint64_t seed);
 
 }  // namespace attn::test::cuda

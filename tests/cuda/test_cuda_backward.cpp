@@ -24,7 +24,7 @@ TEST_P(CudaBackward, MatchesReference) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const std::uint64_t seed = std::random_device{}();
   // Deterministic cases also run twice and compare bitwise.
-  const test::cuda::BwdResult r = test::cuda::check_backward(GetParam(), seed, GetParam().deterministic);
+  const test::cuda::CheckResult r = test::cuda::check_backward(GetParam(), seed, GetParam().deterministic);
   EXPECT_TRUE(r.passed) << r.detail << " (seed " << seed << ")";
 }
 

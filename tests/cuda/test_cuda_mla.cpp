@@ -24,7 +24,7 @@ class CudaMla : public ::testing::TestWithParam<MlaCase> {};
 TEST_P(CudaMla, MatchesReference) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const std::uint64_t seed = std::random_device{}();
-  const test::cuda::MlaCheckResult r = test::cuda::check_mla(GetParam(), seed);
+  const test::cuda::CheckResult r = test::cuda::check_mla(GetParam(), seed);
   EXPECT_TRUE(r.passed) << r.detail << " (seed " << seed << ")";
 }
 
