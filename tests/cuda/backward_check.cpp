@@ -118,13 +118,14 @@ CheckResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bit
   Tensor out_h = host_tensor(o_shape, c.dtype), lse_h = host_tensor(lse_shape, DType::f32);
   Tensor dq_ref = host_tensor(q_shape, DType::f64), dk_ref = host_tensor(k_shape, DType::f64),
          dv_ref = host_tensor(v_shape, DType::f64);
-  {
+  // The float64 reference on this case's inputs, mask and params (packed when varlen).
+  auto reference_forward = [&](const Tensor& out, const Tensor& lse) {
     ForwardArgs f;
     f.q = q_h;
     f.k = k_h;
     f.v = v_h;
-    f.out = out_h;
-    f.lse = lse_h;
+    f.out = out;
+    f.lse = lse;
     if (varlen) {
       f.cu_seqlens_q = cu_q_h;
       f.cu_seqlens_k = cu_k_h;
@@ -132,21 +133,29 @@ CheckResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bit
     f.params = params;
     f.params.mask = mask_h;
     attention_forward(f, Backend::reference);
+  };
+  auto reference_backward = [&](const Tensor& out, const Tensor& lse, const Tensor& dout, const Tensor& dq,
+                                const Tensor& dk, const Tensor& dv) {
     BackwardArgs r;
     r.q = q_h;
     r.k = k_h;
     r.v = v_h;
-    r.out = out_h;
-    r.dout = dout_h;
-    r.lse = lse_h;
-    r.dq = dq_ref;
-    r.dk = dk_ref;
-    r.dv = dv_ref;
-    r.cu_seqlens_q = f.cu_seqlens_q;
-    r.cu_seqlens_k = f.cu_seqlens_k;
-    r.params = f.params;
+    r.out = out;
+    r.dout = dout;
+    r.lse = lse;
+    r.dq = dq;
+    r.dk = dk;
+    r.dv = dv;
+    if (varlen) {
+      r.cu_seqlens_q = cu_q_h;
+      r.cu_seqlens_k = cu_k_h;
+    }
+    r.params = params;
+    r.params.mask = mask_h;
     attention_backward(r, Backend::reference);
-  }
+  };
+  reference_forward(out_h, lse_h);
+  reference_backward(out_h, lse_h, dout_h, dq_ref, dk_ref, dv_ref);
 
   // The slack of compare(): dD_i = dO_i . (O_stored - O_exact) shifts dS_ij by -P_ij dD_i
   // (times the soft-cap factor, at most 1), so dq_i by at most scale |dD_i| max|k| and dk_j by
@@ -159,19 +168,7 @@ CheckResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bit
   const double u = unit_roundoff(c.dtype);
   {
     Tensor out_exact = host_tensor(o_shape, DType::f64), lse_exact = host_tensor(lse_shape, DType::f64);
-    ForwardArgs f;
-    f.q = q_h;
-    f.k = k_h;
-    f.v = v_h;
-    f.out = out_exact;
-    f.lse = lse_exact;
-    if (varlen) {
-      f.cu_seqlens_q = cu_q_h;
-      f.cu_seqlens_k = cu_k_h;
-    }
-    f.params = params;
-    f.params.mask = mask_h;
-    attention_forward(f, Backend::reference);
+    reference_forward(out_exact, lse_exact);
     Tensor dd = host_tensor(o_shape, DType::f64);
     const double kmax = max_abs(k_h.view()), qmax = max_abs(q_h.view()), vmax = max_abs(v_h.view());
     const std::int64_t rows = out_exact.numel() / Dv;
@@ -196,20 +193,7 @@ CheckResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bit
     }
     Tensor dq_w = host_tensor(q_shape, DType::f64), dk_w = host_tensor(k_shape, DType::f64),
            dv_w = host_tensor(v_shape, DType::f64);
-    BackwardArgs r;
-    r.q = q_h;
-    r.k = k_h;
-    r.v = v_h;
-    r.out = out_exact;
-    r.dout = dd;
-    r.lse = lse_exact;
-    r.dq = dq_w;
-    r.dk = dk_w;
-    r.dv = dv_w;
-    r.cu_seqlens_q = f.cu_seqlens_q;
-    r.cu_seqlens_k = f.cu_seqlens_k;
-    r.params = f.params;
-    attention_backward(r, Backend::reference);
+    reference_backward(out_exact, lse_exact, dd, dq_w, dk_w, dv_w);
     for (std::int64_t j = 0; j < dk_w.numel() / D; ++j)
       for (int e = 0; e < D; ++e)
         dk_slack[std::size_t(j * D + e)] = 2 * scale * qmax * read_element(dv_w, j * Dv);
@@ -219,7 +203,7 @@ CheckResult check_backward(const BwdCase& c, std::uint64_t seed, bool repeat_bit
     // once in causal_d128_f16: one element at 1.03x). One more reference backward gives the
     // sum, as dv with dout = |dO|; the slack is twice the bound, u times the sum.
     for (std::int64_t i = 0; i < dd.numel(); ++i) write_element(dd.view(), i, std::abs(read_element(dout_h, i)));
-    attention_backward(r, Backend::reference);
+    reference_backward(out_exact, lse_exact, dd, dq_w, dk_w, dv_w);
     dv_slack.resize(std::size_t(dv_w.numel()));
     for (std::int64_t i = 0; i < dv_w.numel(); ++i) dv_slack[std::size_t(i)] = u * read_element(dv_w, i);
   }
