@@ -93,8 +93,11 @@ class ThreadPool {
     inside_task = false;
   }
 
-  void worker_loop(int thread) {
-    std::uint64_t seen = 0;
+  // `seen` starts at the generation current when the worker was started: a worker born after
+  // earlier loops (set_num_threads) must not take the last loop's generation for a new one.
+  // It did: it then ran into the next loop's indices, counted itself out of pending_ once for
+  // the stale generation and once for the real one, and run() could wait on pending_ == -1.
+  void worker_loop(int thread, std::uint64_t seen) {
     for (;;) {
       {
         std::unique_lock lock(mutex_);
@@ -111,7 +114,9 @@ class ThreadPool {
 
   void start(int threads) {
     stopping_ = false;
-    for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t] { worker_loop(t); });
+    // generation_ only moves in run(), under run_mutex_, which resize() holds here.
+    const std::uint64_t current = generation_;
+    for (int t = 1; t < threads; ++t) workers_.emplace_back([this, t, current] { worker_loop(t, current); });
     size_.store(threads, std::memory_order_relaxed);
   }
 

@@ -1,10 +1,12 @@
 // The SIMD layer of every ISA this CPU supports: gemm against plain loops, exp2 accuracy,
 // ISA selection and the thread pool.
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -159,6 +161,25 @@ TEST(CpuThreadPool, VisitsEveryIndexOnceAndPropagatesExceptions) {
     EXPECT_EQ(sum.load(), 45);
   }
   EXPECT_THROW(set_num_threads(0), Error);
+  set_num_threads(before);
+}
+
+// Resizing between loops: every index of every loop visited once. (The hang fixed in
+// thread_pool.cpp, a new worker taking the last loop's generation for a new one, needs a
+// preemption inside a few instructions and does not show here reliably; `test_cpu
+// --gtest_filter='CpuForward.DecodeSplitsKeys:CpuForward.GroupSizes' --gtest_repeat=150` hung
+// within 12 rounds before the fix.)
+TEST(CpuThreadPool, LoopsRightAfterResizingNeitherHangNorMiss) {
+  const int before = num_threads();
+  parallel_for(8, [](std::int64_t, int) {});  // a generation for new workers to see
+  for (int round = 0; round < 600; ++round) {
+    set_num_threads(1 + round % 3);
+    // A varying pause lets the new workers start at every point of the next loop's set-up.
+    std::this_thread::sleep_for(std::chrono::microseconds(round % 150));
+    std::atomic<int> visits{0};
+    parallel_for(64, [&](std::int64_t, int) { visits.fetch_add(1); });
+    ASSERT_EQ(visits.load(), 64) << "round " << round;
+  }
   set_num_threads(before);
 }
 
