@@ -24,8 +24,6 @@ constexpr std::size_t kWorkspaceAlign = 256;
 constexpr std::size_t align_up(std::size_t n) { return (n + kWorkspaceAlign - 1) / kWorkspaceAlign * kWorkspaceAlign; }
 constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 constexpr int kMaxSplits = 64;
-// Shared-memory block-table entries per CTA (4 KB: two decode CTAs per SM still fit on sm_80+).
-constexpr std::int64_t kMaxTablePages = 1024;
 constexpr float kLog2e = 1.4426950408889634f;
 
 int current_device_attribute(cudaDeviceAttr attr) {
@@ -104,18 +102,6 @@ Plan plan_forward(const AttentionProblem& p) {
   if (ctas > 0 && key_tiles >= 4) {
     const std::int64_t want = ceil_div(2 * std::int64_t(current_device_attribute(cudaDevAttrMultiProcessorCount)), ctas);
     f.n_splits = int(std::clamp<std::int64_t>(std::min(want, key_tiles / 2), 1, kMaxSplits));
-  }
-  // Opt-in (ATTN_CUDA_PAGED=smem, sm80 kernel): the block-table window of each CTA in shared
-  // memory. Its key tiles span at most per_split tiles, so at most per_split * BN / page_size
-  // + 2 pages (one partial page at each end).
-  const TokenLayout& kl = p.k_layout;
-  const TokenLayout& vl = p.v_layout;
-  const char* paged_env = std::getenv("ATTN_CUDA_PAGED");
-  if (!f.sm90 && !tall && kl.block_table != nullptr && vl.block_table == kl.block_table && vl.page_size == kl.page_size &&
-      vl.block_table_stride == kl.block_table_stride && paged_env != nullptr && std::strcmp(paged_env, "smem") == 0) {
-    const std::int64_t per_split = ceil_div(ceil_div(p.seqlen_k, tile.block_n), f.n_splits);
-    const std::int64_t pages = per_split * tile.block_n / kl.page_size + 2;
-    if (pages <= kMaxTablePages) f.page_table_slots = int(pages);
   }
   ATTN_CHECK(std::int64_t(f.m_tiles) * f.n_splits * f.slots * p.batch < (std::int64_t(1) << 31),
              "q: batch x heads x seqlen_q is too large for one launch");

@@ -27,22 +27,10 @@
 #include "cuda/check.hpp"
 #include "cuda/sm80/flash_fwd.cuh"  // row_offset, tanh_exp2
 #include "cuda/sm80/ptx.cuh"
+#include "cuda/sm80/tile_copy.cuh"
 #include "mask_eval.hpp"
 
 namespace attn::cuda::sm80 {
-
-/// Copies ROWS x COLS elements of T, 16 bytes per cp.async over the CTA's threads, from the
-/// global rows that `row_ptr(r)` returns (nullptr: zero fill) into rows of `stride` elements.
-template <class T, int ROWS, int COLS, class RowPtr>
-__device__ __forceinline__ void load_rows_async(T* smem, int stride, const T* base, RowPtr row_ptr) {
-  constexpr int kChunks = COLS / 8;
-#pragma unroll
-  for (int id = int(threadIdx.x); id < ROWS * kChunks; id += kBwdThreads) {
-    const int r = id / kChunks, c = id % kChunks;
-    const T* src = row_ptr(r);
-    cp_async_16(smem + r * stride + c * 8, src != nullptr ? src + c * 8 : base, src != nullptr);
-  }
-}
 
 /// Query rows [lo, hi) that may attend to keys [j0, j1): the interval parts read backwards.
 /// Conservative (classify then decides per tile); globals only keep the causal bound, since a
@@ -214,10 +202,10 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   const T* q = static_cast<const T*>(p.q);
   const T* dout = static_cast<const T*>(p.dout);
   // Keys past Sk are zero-filled so every product stays finite; their P is masked to 0.
-  load_rows_async<T, BN, D>(sK, S, k, [&](int r) -> const T* {
+  load_rows_async<kBwdThreads, T, BN, D>(sK, S, k, [&](int r) -> const T* {
     return n0 + r < Sk ? k + row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
   });
-  load_rows_async<T, BN, Dv>(sV, SV, v, [&](int r) -> const T* {
+  load_rows_async<kBwdThreads, T, BN, Dv>(sV, SV, v, [&](int r) -> const T* {
     return n0 + r < Sk ? v + row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
   });
   cp_async_commit();
@@ -230,10 +218,10 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
   auto next_tile = [&](int x) { return walk.next(x); };
   auto load_tile = [&](int x, int stage) {
     const int h = head_of(x), m0 = tile_of(x) * BM;
-    load_rows_async<T, BM, D>(sQ + stage * Tr::kSmemQ, S, q, [&](int r) -> const T* {
+    load_rows_async<kBwdThreads, T, BM, D>(sQ + stage * Tr::kSmemQ, S, q, [&](int r) -> const T* {
       return m0 + r < Sq ? q + row_offset(p.q_layout, b, m0 + r, h) : nullptr;
     });
-    load_rows_async<T, BM, Dv>(sdO + stage * Tr::kSmemO, SV, dout, [&](int r) -> const T* {
+    load_rows_async<kBwdThreads, T, BM, Dv>(sdO + stage * Tr::kSmemO, SV, dout, [&](int r) -> const T* {
       return m0 + r < Sq ? dout + row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
     });
     // lse_log2 and D_i of the tile's rows, 4 per cp.async (the rows are padded to whole tiles):

@@ -28,6 +28,7 @@
 #include "cuda/fwd_params.hpp"
 #include "cuda/key_tiles.cuh"
 #include "cuda/sm80/ptx.cuh"
+#include "cuda/sm80/tile_copy.cuh"
 #include "mask_eval.hpp"
 
 namespace attn::cuda::sm80 {
@@ -83,29 +84,6 @@ __device__ __forceinline__ std::int64_t row_offset(const detail::TokenLayout& l,
   return l.offset(b, t, h);
 }
 
-/// Copies `ROWS` x `COLS` elements of T, 16 bytes per cp.async, from the global rows that
-/// `row_ptr(r)` returns (nullptr: zero fill) into shared memory rows of `stride` elements.
-/// With `all_threads`, thread i of the CTA takes chunks i, i + 128, ... in an unrolled loop
-/// (paged row lookups then issue their block-table loads together); otherwise loader `tid` of
-/// `nthreads` takes tid, tid + nthreads, ..., and a negative tid loads nothing. `base` is any
-/// valid global address, named by the zero-filling copies.
-template <class T, int ROWS, int COLS, class RowPtr>
-__device__ __forceinline__ void load_tile_async(T* smem, int stride, const T* base, bool all_threads, int tid,
-                                                int nthreads, RowPtr row_ptr) {
-  constexpr int kChunks = COLS / 8;
-  auto chunk = [&](int id) {
-    const int r = id / kChunks, c = id % kChunks;
-    const T* src = row_ptr(r);
-    cp_async_16(smem + r * stride + c * 8, src != nullptr ? src + c * 8 : base, src != nullptr);
-  };
-  if (all_threads) {
-#pragma unroll
-    for (int id = int(threadIdx.x); id < ROWS * kChunks; id += kFwdThreads) chunk(id);
-  } else if (tid >= 0) {
-    for (int id = tid; id < ROWS * kChunks; id += nthreads) chunk(id);
-  }
-}
-
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -150,72 +128,29 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   auto tile_kind = [&](int t) { return tiles.kind(t); };
   auto next_tile = [&](int t) { return tiles.next(t); };
 
-  // The block-table window of this CTA's key tiles in shared memory (FwdParams::page_table_slots),
-  // when it fits; otherwise (or unpaged) rows go through row_offset.
-  std::int32_t* sPages = reinterpret_cast<std::int32_t*>(smem_raw + Tr::kSmemBytes);
-  int page_lo = 0;
-  bool table_in_smem = false;
-  // Short tiles only: decode is what reads long paged caches, and the tall tile has no
-  // registers to spare (it spills with this code on sm_90a).
-  if (MI == 1 && params.page_table_slots > 0 && t_begin < t_end) {
-    const detail::TokenLayout& l = p.k_layout;
-    page_lo = t_begin * BN / l.page_size;
-    const int pages = (min(Sk, t_end * BN) + l.page_size - 1) / l.page_size - page_lo;
-    table_in_smem = pages <= params.page_table_slots;
-    if (table_in_smem) {
-      const std::int32_t* row = l.block_table + std::int64_t(b) * l.block_table_stride + page_lo;
-      for (int i = int(threadIdx.x); i < pages; i += kFwdThreads) sPages[i] = row[i];
-      __syncthreads();  // uniform: every thread of the CTA took this branch
-    }
-  }
-  // Offset of key j's row in a paged K or V pool through the shared-memory table.
-  auto table_offset = [&](const detail::TokenLayout& l, int j) {
-    const int page_index = j / l.page_size;
-    return std::int64_t(sPages[page_index - page_lo]) * l.page_stride +
-           std::int64_t(j - page_index * l.page_size) * l.token_stride + std::int64_t(hk) * l.head_stride;
-  };
-
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
   const T* v = static_cast<const T*>(p.v);
-  load_tile_async<T, BM, D>(sQ, Tr::kQStride, q, true, 0, kFwdThreads, [&](int r) -> const T* {
+  load_rows_async<kFwdThreads, T, BM, D>(sQ, Tr::kQStride, q, [&](int r) -> const T* {
     const int x = m0 + r;
     if (x >= rows) return nullptr;
     return q + row_offset(p.q_layout, b, x / pack, pack > 1 ? slot * pack + x % pack : slot);
   });
   cp_async_commit();
-  // Unpaged K/V in short tiles come from the warps that own no rows when there are any
-  // (decode): the math warp's issue slots then go to math alone (contiguous decode 84% -> 90%
-  // of copy bandwidth). Paged rows keep every thread loading in an unrolled loop, so that each
-  // thread's block-table reads go out together (the rolled loop of the few loader warps
-  // serialised them: paged decode 53% -> 45%). Tall tiles keep every thread loading too.
-  const int active_warps = min(kFwdWarps, (rows - m0 + 16 * MI - 1) / (16 * MI));
-  const bool paged = p.k_layout.block_table != nullptr || p.v_layout.block_table != nullptr;
-  // With the table in shared memory the loader warps' rolled loop no longer serialises on
-  // global block-table reads, so paged rows may take the unpaged split too.
-  const bool all_load = MI == 2 || (paged && !table_in_smem) || active_warps == kFwdWarps;
-  const int load_tid = int(threadIdx.x) - 32 * active_warps;
-  const int load_threads = kFwdThreads - 32 * active_warps;
   // Rows past Sk are zero-filled: the block table must not be read there, and V must hold
-  // finite values where P is 0.
-  // Padded and packed rows of one (sequence, kv head) are evenly strided from row 0; only
-  // paged rows need the block table. (Row 0 is recomputed per tile: keeping it across the
-  // loop costs the tall tile registers it does not have.)
+  // finite values where P is 0. Padded and packed rows of one (sequence, kv head) are evenly
+  // strided from row 0; only paged rows need the block table.
   auto load_kv = [&](int t, int stage) {
     const int n0 = t * BN;
     const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(b, 0, hk) : k;
     const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(b, 0, hk) : v;
-    load_tile_async<T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, all_load, load_tid, load_threads,
-                              [&](int r) -> const T* {
+    load_rows_async<kFwdThreads, T, BN, D>(sK + stage * BN * Tr::kKStride, Tr::kKStride, k, [&](int r) -> const T* {
       if (n0 + r >= Sk) return nullptr;
-      if (table_in_smem) return k + table_offset(p.k_layout, n0 + r);
       return p.k_layout.block_table != nullptr ? k + row_offset(p.k_layout, b, n0 + r, hk)
                                                : k_row0 + std::int64_t(n0 + r) * p.k_layout.token_stride;
     });
-    load_tile_async<T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, all_load, load_tid, load_threads,
-                               [&](int r) -> const T* {
+    load_rows_async<kFwdThreads, T, BN, Dv>(sV + stage * BN * Tr::kVStride, Tr::kVStride, v, [&](int r) -> const T* {
       if (n0 + r >= Sk) return nullptr;
-      if (table_in_smem) return v + table_offset(p.v_layout, n0 + r);
       return p.v_layout.block_table != nullptr ? v + row_offset(p.v_layout, b, n0 + r, hk)
                                                : v_row0 + std::int64_t(n0 + r) * p.v_layout.token_stride;
     });
@@ -229,7 +164,7 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   // in registers across the main loop, which the tall tile's accumulators fill.
   auto tile_row = [&](int mi, int h) { return warp_row + 16 * mi + lane / 4 + 8 * h; };
   // Warps whose rows are all padding (decode tiles) still load and synchronise, but skip the math.
-  const bool warp_active = warp < active_warps;
+  const bool warp_active = warp < min(kFwdWarps, (rows - m0 + 16 * MI - 1) / (16 * MI));
 
   float o[MI][Dv / 8][4] = {};
   float m_run[MI][2];  // running row max, log2 units
@@ -502,8 +437,7 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
 template <class T, int D, int Dv, int MI>
 void launch_fwd_tile(const FwdParams& params, cudaStream_t stream) {
   const auto kernel = flash_fwd_kernel<T, D, Dv, MI>;
-  const int smem =
-      FwdTraits<T, D, Dv, MI>::kSmemBytes + (MI == 1 ? params.page_table_slots * int(sizeof(std::int32_t)) : 0);
+  const int smem = FwdTraits<T, D, Dv, MI>::kSmemBytes;
   // Above 48 KB a kernel must opt in to its dynamic shared memory.
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
