@@ -13,6 +13,7 @@
 #include "cuda/fwd_params.hpp"
 #include "cuda/mla/mla_decode.hpp"
 #include "cuda/plan_checks.hpp"
+#include "cuda/tma_map.hpp"
 
 namespace attn::cuda {
 namespace {
@@ -84,8 +85,17 @@ Plan plan_forward(const AttentionProblem& p) {
     if (env != nullptr) {
       f.sm90_variant = std::strcmp(env, "sm90-pipe") == 0       ? 1
                        : std::strcmp(env, "sm90-plain-pp") == 0 ? 2
-                       : std::strcmp(env, "sm90-pipe-pp") == 0  ? 3
+                       : std::strcmp(env, "sm90-plain") == 0    ? 3
                                                                  : 0;
+    }
+    // TMA where every sequence's keys run to the padded length: rows past it load as zeros,
+    // as V rows must where P is 0 (per-sequence lengths would leave stale rows in the tile).
+    const char* tma_env = std::getenv("ATTN_CUDA_TMA");
+    if (p.seqlens_k == nullptr && (tma_env == nullptr || std::strcmp(tma_env, "0") != 0)) {
+      f.tma = encode_padded_kv_map(f.tma_k, p.k, p.k_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim,
+                                   kSm90BlockN) &&
+              encode_padded_kv_map(f.tma_v, p.v, p.v_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v,
+                                   kSm90BlockN);
     }
   }
   f.block_m = tile.block_m;

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 
+#include <cuda.h>  // CUtensorMap (a type only)
 #include <cuda_runtime_api.h>
 
 #include "problem.hpp"
@@ -61,13 +62,15 @@ struct FwdParams {
   float* lse_part = nullptr;
   /// Run the Hopper kernel (src/cuda/sm90/flash_fwd.cuh): 128 x 128 tiles, block_m 128, pack 1.
   bool sm90 = false;
-  /// > 0 (sm80 kernel, opt-in with ATTN_CUDA_PAGED=smem): K and V share one block table, and
-  /// each CTA first copies the window of it that its key tiles span (at most this many
-  /// entries) into shared memory, so that issuing a paged row no longer waits on a global
-  /// block-table load. 0: rows read the block table in global memory.
-  int page_table_slots = 0;
+  /// Hopper kernel: K and V tiles come by TMA through these maps (tma_map.hpp). Otherwise
+  /// (packed or paged rows, per-sequence key lengths, ATTN_CUDA_TMA=0) its producer warpgroup
+  /// copies them with cp.async.
+  bool tma = false;
+  CUtensorMap tma_k{};
+  CUtensorMap tma_v{};
   /// Loop variant of the Hopper kernel (launch_fwd in sm90/flash_fwd.cuh), for comparisons:
-  /// ATTN_CUDA_FWD=sm90-pipe / sm90-plain-pp / sm90-pipe-pp pick 1 / 2 / 3; 0 is the default.
+  /// 0 is the default (pipelined, ping-pong); ATTN_CUDA_FWD=sm90-pipe / sm90-plain-pp /
+  /// sm90-plain pick 1 / 2 / 3.
   int sm90_variant = 0;
 };
 

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
   (void)params;  // wgmma exists only in the sm_90a pass; the planner never launches this elsewhere
 #else
   using Tr = Sm90BwdTraits<D>;
-  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, kChunks = D / 8;
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - smem_u32(smem_raw) % 1024) % 1024);
@@ -83,21 +83,12 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
   const T* v = static_cast<const T*>(p.v);
   const T* q = static_cast<const T*>(p.q);
   const T* dout = static_cast<const T*>(p.dout);
-  // ROWS rows of D elements into a swizzled tile; nullptr rows are zero-filled.
-  auto load_rows = [&](std::uint32_t dst, int rows, const T* base, auto row_ptr) {
-    for (int id = int(threadIdx.x); id < rows * kChunks; id += Tr::kThreads) {
-      const int r = id / kChunks, c = id % kChunks;
-      const T* src = row_ptr(r);
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + swizzled(r, c, rows)),
-                   "l"(src != nullptr ? src + c * 8 : base), "r"(src != nullptr ? 16 : 0)
-                   : "memory");
-    }
-  };
   // Keys past Sk are zero-filled so every product stays finite; their P is masked to 0.
-  load_rows(sK, BN, k, [&](int r) -> const T* {
+  const int tid = int(threadIdx.x);
+  load_swizzled_rows_async<Tr::kThreads, BN, D>(tid, sK, k, [&](int r) -> const T* {
     return n0 + r < Sk ? k + sm80::row_offset(p.k_layout, b, n0 + r, hk) : nullptr;
   });
-  load_rows(sV, BN, v, [&](int r) -> const T* {
+  load_swizzled_rows_async<Tr::kThreads, BN, D>(tid, sV, v, [&](int r) -> const T* {
     return n0 + r < Sk ? v + sm80::row_offset(p.v_layout, b, n0 + r, hk) : nullptr;
   });
   sm80::cp_async_commit();
@@ -111,18 +102,17 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
   auto next_tile = [&](int x) { return walk.next(x); };
   auto load_tile = [&](int x, int stage) {
     const int h = head_of(x), m0 = tile_of(x) * BM;
-    load_rows(sQ + stage * Tr::kQBytes, BM, q, [&](int r) -> const T* {
+    load_swizzled_rows_async<Tr::kThreads, BM, D>(tid, sQ + stage * Tr::kQBytes, q, [&](int r) -> const T* {
       return m0 + r < Sq ? q + sm80::row_offset(p.q_layout, b, m0 + r, h) : nullptr;
     });
-    load_rows(sdO + stage * Tr::kQBytes, BM, dout, [&](int r) -> const T* {
+    load_swizzled_rows_async<Tr::kThreads, BM, D>(tid, sdO + stage * Tr::kQBytes, dout, [&](int r) -> const T* {
       return m0 + r < Sq ? dout + sm80::row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
     });
     const std::int64_t row0 = (std::int64_t(b) * Hq + h) * params.seqlen_q_pad + m0;
-    const int t = int(threadIdx.x);
-    if (t < BM / 4) {
-      sm80::cp_async_16(sLse + stage * BM + 4 * t, params.lse_log2 + row0 + 4 * t, true);
-    } else if (t < BM / 2) {
-      sm80::cp_async_16(sDsum + stage * BM + 4 * (t - BM / 4), params.dsum + row0 + 4 * (t - BM / 4), true);
+    if (tid < BM / 4) {
+      sm80::cp_async_16(sLse + stage * BM + 4 * tid, params.lse_log2 + row0 + 4 * tid, true);
+    } else if (tid < BM / 2) {
+      sm80::cp_async_16(sDsum + stage * BM + 4 * (tid - BM / 4), params.dsum + row0 + 4 * (tid - BM / 4), true);
     }
   };
 

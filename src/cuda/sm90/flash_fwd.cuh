@@ -5,7 +5,8 @@
 //   warpgroups 0 and 1 (consumers): 64 query rows each. Per key tile: S = Q K^T (wgmma, Q and
 //     K from shared memory), mask and online softmax in registers (log2 domain, as sm80), then
 //     O += P V (wgmma with P from registers, V from shared memory, transposed form).
-//   warpgroup 2 (producer): loads K/V tiles with cp.async into kStages shared-memory stages.
+//   warpgroup 2 (producer): loads K/V tiles into kStages shared-memory stages, by TMA from one
+//     thread where the rows are padded (FwdParams::tma), otherwise with cp.async from all 128.
 // Registers: ptxas sizes a 288-thread CTA like a 384-thread one (168 registers, spills), so
 // the producer is a whole warpgroup that gives its registers to the consumers (setmaxnreg:
 // 40 for the producer, 232 for each consumer thread; the pipelined ping-pong variant spills
@@ -13,7 +14,8 @@
 // By default the two consumers never wait for each other: while one runs its softmax, the
 // tensor cores may serve the other one's matrix multiplies (see kPingpong for turn-taking).
 //
-// Handshake per stage: `full` (128 arrivals: the producer threads, each once its copies landed
+// Handshake per stage: `full` (TMA: one arrival that expects the tile's bytes, complete when
+// they have landed; cp.async: 128 arrivals, the producer threads, each once its copies landed
 // and it fenced them for the async proxy that wgmma reads through) and `empty` (256 arrivals:
 // every consumer thread, once its P V multiply stopped reading the stage).
 //
@@ -71,14 +73,26 @@ __device__ __forceinline__ std::uint32_t swizzled(int r, int c, int rows) {
   return std::uint32_t((c / 8) * rows * 128 + r * 128 + (((c % 8) ^ (r % 8)) << 4));
 }
 
+/// ROWS rows of D 16-bit elements into a 128-byte swizzled tile at shared address `dst`, with
+/// cp.async by the kThreads threads that `tid` numbers (sm80::copy_tile_rows splits the rows);
+/// nullptr rows are zero-filled, naming `base`.
+template <int kThreads, int ROWS, int D, class T, class RowPtr>
+__device__ __forceinline__ void load_swizzled_rows_async(int tid, std::uint32_t dst, const T* base, RowPtr row_ptr) {
+  sm80::copy_tile_rows<kThreads, ROWS, D / 8>(tid, row_ptr, [&](int r, int c, const T* row) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + swizzled(r, c, ROWS)),
+                 "l"(row != nullptr ? row + c * 8 : base), "r"(row != nullptr ? 16 : 0)
+                 : "memory");
+  });
+}
+
 /// kOverlap: the software-pipelined consumer loop (S of tile i beside P V of tile i - 1);
 /// false: the plain one-tile-at-a-time loop. kPingpong: the two consumer warpgroups take turns
 /// issuing their matrix multiplies (hardware barriers 3 and 4), so that one's softmax runs
 /// while the other's multiplies hold the tensor cores.
 ///
-/// The default is the plain loop without turns, the fastest measured on the H100 (313 against
-/// 283 TFLOP/s for the pipelined loop, bench/gpu_notes.md). The others are selectable for
-/// comparison (FwdParams::sm90_variant); the ping-pong variants have not run on a GPU yet.
+/// The default is the pipelined loop with turns, the fastest measured on the H100 with the TMA
+/// producer (bf16 B4 S4096 H16: 557 TFLOP/s full, 448 causal, against 524 / 429 for the plain
+/// loop; bench/gpu_notes.md). The others stay selectable for comparison (FwdParams::sm90_variant).
 template <class T, int D, bool kOverlap, bool kPingpong>
 __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ FwdParams params) {
@@ -120,7 +134,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbar_init(bar_full + 8 * s, 128);
+      mbar_init(bar_full + 8 * s, params.tma ? 1 : 128);
       mbar_init(bar_empty + 8 * s, 128 * Tr::kConsumers);
     }
   }
@@ -133,35 +147,41 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   if (warp >= 4 * Tr::kConsumers) {
     // ---- producer ----------------------------------------------------------------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Tr::kProducerRegs));
-    // Thread x copies chunk x % 16 of rows x / 16, x / 16 + 8, ...: a half-warp covers one row.
     const int ptid = int(threadIdx.x) - 128 * Tr::kConsumers;
+    if (params.tma) {
+      // One thread announces each tile's bytes on its full barrier and issues the TMA loads
+      // of its D / 64 column blocks of K and of V; the barrier completes as they land.
+      if (ptid == 0) {
+        int i = 0;
+        for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
+          const int stage = i % kStages;
+          mbar_wait(bar_empty + 8 * stage, ((i / kStages) & 1) ^ 1);
+          const std::uint32_t full = bar_full + 8 * stage;
+          mbar_arrive_expect_tx(full, Tr::kTileBytesK + Tr::kTileBytesV);
+#pragma unroll
+          for (int cb = 0; cb < D / 64; ++cb) {
+            tma_load_4d(sK + stage * Tr::kTileBytesK + cb * BN * 128, &params.tma_k, 64 * cb, t * BN, hk, b, full);
+            tma_load_4d(sV + stage * Tr::kTileBytesV + cb * BN * 128, &params.tma_v, 64 * cb, t * BN, hk, b, full);
+          }
+        }
+      }
+      return;
+    }
     const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(b, 0, hk) : k;
     const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(b, 0, hk) : v;
+    // Rows past Sk are zero-filled: V must be finite where P is 0.
     auto load_tile = [&](int t, int stage) {
       const int n0 = t * BN;
-      const int c = ptid % 16;
-#pragma unroll 4
-      for (int r = ptid / 16; r < BN; r += 8) {
-        const int j = n0 + r;
-        const bool valid = j < Sk;  // rows past Sk: zero fill (V must be finite where P is 0)
-        const T* ks = k;
-        const T* vs = v;
-        if (valid) {
-          ks = p.k_layout.block_table != nullptr ? k + sm80::row_offset(p.k_layout, b, j, hk)
-                                                 : k_row0 + std::int64_t(j) * p.k_layout.token_stride;
-          vs = p.v_layout.block_table != nullptr ? v + sm80::row_offset(p.v_layout, b, j, hk)
-                                                 : v_row0 + std::int64_t(j) * p.v_layout.token_stride;
-          ks += c * 8;
-          vs += c * 8;
-        }
-        const std::uint32_t off = swizzled(r, c, BN);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sK + stage * Tr::kTileBytesK + off),
-                     "l"(ks), "r"(valid ? 16 : 0)
-                     : "memory");
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sV + stage * Tr::kTileBytesV + off),
-                     "l"(vs), "r"(valid ? 16 : 0)
-                     : "memory");
-      }
+      load_swizzled_rows_async<128, BN, D>(ptid, sK + stage * Tr::kTileBytesK, k, [&](int r) -> const T* {
+        if (n0 + r >= Sk) return nullptr;
+        return p.k_layout.block_table != nullptr ? k + sm80::row_offset(p.k_layout, b, n0 + r, hk)
+                                                 : k_row0 + std::int64_t(n0 + r) * p.k_layout.token_stride;
+      });
+      load_swizzled_rows_async<128, BN, D>(ptid, sV + stage * Tr::kTileBytesV, v, [&](int r) -> const T* {
+        if (n0 + r >= Sk) return nullptr;
+        return p.v_layout.block_table != nullptr ? v + sm80::row_offset(p.v_layout, b, n0 + r, hk)
+                                                 : v_row0 + std::int64_t(n0 + r) * p.v_layout.token_stride;
+      });
       sm80::cp_async_commit();
     };
     // Tile i is announced once tile i + 1's copies are issued, so the copies of one tile stay
@@ -459,11 +479,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
 template <class T, int D>
 void launch_fwd(const FwdParams& params, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<D>;
-  // sm90_variant: 0 plain (default), 1 pipelined, 2 plain + ping-pong, 3 pipelined + ping-pong.
+  // sm90_variant: 0 pipelined + ping-pong (default), 1 pipelined, 2 plain + ping-pong, 3 plain.
   const auto kernel = params.sm90_variant == 1   ? flash_fwd_sm90_kernel<T, D, true, false>
                       : params.sm90_variant == 2 ? flash_fwd_sm90_kernel<T, D, false, true>
-                      : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, true, true>
-                                                 : flash_fwd_sm90_kernel<T, D, false, false>;
+                      : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, false, false>
+                                                 : flash_fwd_sm90_kernel<T, D, true, true>;
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
   kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);

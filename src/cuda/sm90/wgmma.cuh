@@ -1,6 +1,7 @@
 // Thin wrappers over the sm_90a instructions of the Hopper forward: wgmma (warpgroup matrix
 // multiply, asynchronous, operands described by shared-memory descriptors), mbarrier (the
-// producer / consumer handshake of the K/V pipeline), the async-proxy fence and named barriers.
+// producer / consumer handshake of the K/V pipeline), TMA tile loads, the async-proxy fence
+// and named barriers.
 //
 // Compiled only in the sm_90a pass (see flash_fwd.cuh); the sm_80 pass never sees a wgmma.
 //
@@ -31,6 +32,11 @@ __device__ __forceinline__ void mbar_init(std::uint32_t bar, int count) {
 __device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+/// Arrives and adds `bytes` to the transactions the current phase waits for (the TMA loads that
+/// name this barrier count them down as they land).
+__device__ __forceinline__ void mbar_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
 /// Waits until the phase of parity `parity` has completed. A fresh barrier is in phase 0, so
 /// waiting on parity 1 returns at once (the "previous" phase counts as complete): producers
 /// start there for their empty-slot barriers.
@@ -58,6 +64,21 @@ __device__ __forceinline__ bool mbar_test(std::uint32_t bar, int parity) {
       : "r"(bar), "r"(parity)
       : "memory");
   return done != 0;
+}
+
+// ---- TMA --------------------------------------------------------------------------------
+
+/// Loads the box at coordinates (c0, c1, c2, c3) (innermost first, in elements) of the tensor
+/// that `map` describes (a CUtensorMap in kernel parameter space, see src/cuda/tma_map.hpp)
+/// into shared memory at `dst`; the landed bytes complete transactions on barrier `bar`.
+/// Elements outside the tensor arrive as zeros.
+__device__ __forceinline__ void tma_load_4d(std::uint32_t dst, const void* map, int c0, int c1, int c2, int c3,
+                                            std::uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
 }
 
 /// Makes this thread's earlier generic-proxy shared-memory writes (stores, landed cp.async)
