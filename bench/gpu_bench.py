@@ -180,7 +180,7 @@ def record(rows, row):
     print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
-def bench_prefill(attn, head_dim, causal, rows, peers_only=None):
+def bench_prefill(attn, head_dim, causal, rows, peers_only=None, variants=("sm90-plain",)):
     seqlen, tokens, width = 4096, 16384, 2048
     B, H, D = tokens // seqlen, width // head_dim, head_dim
     set_bytes = 4 * B * seqlen * H * D * 2
@@ -205,9 +205,12 @@ def bench_prefill(attn, head_dim, causal, rows, peers_only=None):
             # The sm80 (mma.sync) kernel on the same inputs, where the Hopper one is the default.
             sm80 = [with_env(fn, "ATTN_CUDA_FWD", "sm80") for fn in ours]
             peers.append(("attn-sm80", lambda: sm80, rel_err(sm80[0](), reference)))
-            # Loop variants of the Hopper kernel (src/cuda/sm90/flash_fwd.cuh); the ping-pong ones
-            # (sm90-plain-pp, sm90-pipe-pp) join once they have passed attn_gpu_selftest on a GPU.
-            for variant in ["sm90-pipe"]:
+            # Loop variants of the Hopper kernel (src/cuda/sm90/flash_fwd.cuh, ATTN_CUDA_FWD); only
+            # those that passed attn_gpu_selftest on this GPU (scripts/gpu_check passes --variants).
+            # The Hopper kernel's cp.async producer (its fallback for packed and paged rows).
+            cpasync = [with_env(fn, "ATTN_CUDA_TMA", "0") for fn in ours]
+            peers.append(("attn-cpasync", lambda: cpasync, rel_err(cpasync[0](), reference)))
+            for variant in variants:
                 fns = [with_env(fn, "ATTN_CUDA_FWD", variant) for fn in ours]
                 peers.append(("attn-" + variant, lambda fns=fns: fns, rel_err(fns[0](), reference)))
         for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -281,9 +284,7 @@ def bench_decode(attn, rows):
     contiguous = attn.prepare(q, k, v, out2)
     ref = sdpa_peer(SDPBackend.MATH, q[:4].float(), k[:4].float(), v[:4].float(), False, enable_gqa=True)()
     bytes_moved = kv_bytes + 2 * q.numel() * 2
-    # The opt-in shared-memory block table (ATTN_CUDA_PAGED=smem, src/cuda/sm80/flash_fwd.cuh).
-    paged_table = with_env(paged, "ATTN_CUDA_PAGED", "smem")
-    for label, fn, check in [("attn paged", paged, True), ("attn paged smem-table", paged_table, True),
+    for label, fn, check in [("attn paged", paged, True),
                              ("attn contiguous", contiguous, True)] + [
         (label, sdpa_peer(backend, q, k, v, False, enable_gqa=True), False)
         for label, backend in [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
@@ -302,6 +303,8 @@ def main():
     ap.add_argument("--lib", default="build/libattn_gpu_capi.so")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--quick", action="store_true", help="head_dim 128 only, no FlexAttention")
+    ap.add_argument("--variants", default="sm90-plain",
+                    help="comma-separated ATTN_CUDA_FWD loop variants to time beside the default at head_dim 128")
     args = ap.parse_args()
     torch.manual_seed(0)
     attn = Attn(args.lib)
@@ -311,7 +314,7 @@ def main():
     rows = []
     for head_dim in [128] if args.quick else [64, 128, 256]:
         for causal in (False, True):
-            bench_prefill(attn, head_dim, causal, rows)
+            bench_prefill(attn, head_dim, causal, rows, variants=[v for v in args.variants.split(",") if v])
     bench_window(attn, rows)
     bench_decode(attn, rows)
     if not args.quick:  # last: compiling FlexAttention takes the longest
