@@ -2,10 +2,12 @@
 #if defined(ATTN_WITH_CUDA)
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <set>
 #include <tuple>
 
 #include "cuda/fwd_params.hpp"
+#include "cuda/tma_map.hpp"
 
 namespace attn::cuda {
 namespace {
@@ -45,6 +47,35 @@ TEST(CudaPlan, HeavyTilesLaunchFirst) {
   f.pairs_per_group = 6;
   for (int i = 0; i < 6; ++i) EXPECT_EQ(cta_work(f, i).m_tile, 3);
   EXPECT_EQ(cta_work(f, 6 * 4 - 1).m_tile, 0);
+}
+
+// The Hopper forward takes TMA only for rows a tensor map can address; everything else must
+// come back false (the producer then uses cp.async), before any driver call, GPU or not.
+TEST(CudaPlan, TmaMapsOnlyForPaddedRowsOn16ByteStrides) {
+  alignas(16) static std::uint16_t storage[64];
+  detail::TokenLayout padded;  // (B 2, S 256, H 4, D 128)
+  padded.head_stride = 128;
+  padded.token_stride = 4 * 128;
+  padded.batch_stride = 256 * 4 * 128;
+  CUtensorMap map{};
+  auto encode = [&](const detail::TokenLayout& l, const void* base, DType dtype = DType::bf16, int head_dim = 128) {
+    return encode_padded_kv_map(map, base, l, dtype, 2, 256, 4, head_dim, 128);
+  };
+  const std::int32_t cu_seqlens[3] = {0, 100, 256};
+  detail::TokenLayout packed = padded;
+  packed.cu_seqlens = cu_seqlens;
+  EXPECT_FALSE(encode(packed, storage));
+  const std::int32_t table[2] = {0, 1};
+  detail::TokenLayout paged = padded;
+  paged.block_table = table;
+  paged.page_size = 16;
+  EXPECT_FALSE(encode(paged, storage));
+  detail::TokenLayout odd = padded;
+  odd.token_stride = 4 * 128 + 4;  // 8 bytes past a multiple of 16
+  EXPECT_FALSE(encode(odd, storage));
+  EXPECT_FALSE(encode(padded, storage + 1));  // base 2 bytes off
+  EXPECT_FALSE(encode(padded, storage, DType::f32));
+  EXPECT_FALSE(encode(padded, storage, DType::bf16, 96));  // not whole 64-element boxes
 }
 
 }  // namespace

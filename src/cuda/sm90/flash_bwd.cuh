@@ -1,7 +1,8 @@
 // FlashAttention backward for Hopper (sm_90a): the sm80 backward's walk (one CTA per key block
 // of 128 keys, kv head and batch, visiting the 64-query tiles of every query head of its group
-// that the mask leaves reachable) with its products on wgmma. Opt-in (ATTN_CUDA_BWD=sm90,
-// src/cuda/backward.cpp) until it has run on a GPU; D = Dv = 128.
+// that the mask leaves reachable) with its products on wgmma. D = Dv = 128. Opt-in
+// (ATTN_CUDA_BWD=sm90, src/cuda/backward.cpp): 1.2x the sm80 backward on the H100, but the whole
+// backward suite has not yet run through with it (bench/gpu_notes_backward.md).
 //
 // Two warpgroups, each owning 64 of the block's keys. Per query tile:
 //   S^T = K Q^T, dP^T = V dO^T     64 keys x 64 queries per warpgroup (wgmma m64n64, both from
@@ -13,8 +14,9 @@
 //                                  columns), dS MN-major from shared memory (written there by
 //                                  both groups), K MN-major; f32 atomics into dq_accum, or the
 //                                  ordered adds of the deterministic mode
-// Loads: cp.async by every thread, two Q / dO stages, one barrier per tile (as sm80); the
-// copies are fenced for the async proxy (fence.proxy.async) before that barrier.
+// Loads: cp.async by every thread (whole rows per thread, sm80::copy_tile_rows), two Q / dO
+// stages, one barrier per tile (as sm80); the copies are fenced for the async proxy
+// (fence.proxy.async) before that barrier.
 //
 // Shared memory, 128-byte swizzled tiles (sm90/flash_fwd.cuh's `swizzled`), 1024-aligned:
 //   sK, sV (128 x 128)   sQ, sdO (2 stages, 64 x 128)   sdS (128 keys x 64 queries)
