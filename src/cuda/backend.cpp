@@ -141,12 +141,7 @@ void forward(const AttentionProblem& p, Workspace ws) {
   if (p.batch == 0 || p.seqlen_q == 0) return;  // nothing to write
   Plan plan = plan_forward(p);
   FwdParams& f = plan.params;
-  if (f.n_splits > 1) {
-    ATTN_CHECK(ws.data != nullptr && ws.bytes >= plan.workspace_bytes, "workspace: expected at least ",
-               plan.workspace_bytes, " bytes, got ", ws.bytes);
-    f.o_part = static_cast<float*>(ws.data);
-    f.lse_part = reinterpret_cast<float*>(static_cast<char*>(ws.data) + plan.o_part_bytes);
-  }
+  if (f.n_splits > 1) place_split_partials(ws, plan.o_part_bytes, plan.workspace_bytes, f.o_part, f.lse_part);
   constexpr cudaStream_t stream = nullptr;  // the default stream
   if (f.sm90) {
     if (p.dtype == DType::f16) {

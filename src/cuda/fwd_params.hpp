@@ -7,6 +7,8 @@
 #include <cuda.h>  // CUtensorMap (a type only)
 #include <cuda_runtime_api.h>
 
+#include "attn/attention.hpp"  // Workspace
+#include "attn/error.hpp"
 #include "problem.hpp"
 
 namespace attn::cuda {
@@ -92,6 +94,17 @@ ATTN_HD CtaWork cta_work(const FwdParams& f, int linear) {
   const int rank = linear - group * group_ctas;  // < in_group * per_pair
   const int pair = group * f.pairs_per_group + rank % (in_group * f.n_splits) / f.n_splits;
   return {f.m_tiles - 1 - rank / (in_group * f.n_splits), rank % f.n_splits, pair % f.slots, pair / f.slots};
+}
+
+/// Points `o_part` and `lse_part` (the split partials' layout above) into the caller's workspace:
+/// o_part from its start, lse_part `o_part_bytes` in; the workspace must hold `workspace_bytes`.
+/// Shared by the forward's and MLA decode's planners.
+inline void place_split_partials(Workspace ws, std::size_t o_part_bytes, std::size_t workspace_bytes, float*& o_part,
+                                 float*& lse_part) {
+  ATTN_CHECK(ws.data != nullptr && ws.bytes >= workspace_bytes, "workspace: expected at least ", workspace_bytes,
+             " bytes, got ", ws.bytes);
+  o_part = static_cast<float*>(ws.data);
+  lse_part = reinterpret_cast<float*>(static_cast<char*>(ws.data) + o_part_bytes);
 }
 
 /// One explicit instantiation per (dtype, head_dim, head_dim_v), in src/cuda/sm80/*.cu.

@@ -149,12 +149,7 @@ inline void decode(const detail::AttentionProblem& p, Workspace ws, cudaStream_t
   if (p.batch == 0 || p.seqlen_q == 0) return;  // nothing to write
   DecodePlan plan = plan_decode(p);
   DecodeParams& d = plan.params;
-  if (d.n_splits > 1) {
-    ATTN_CHECK(ws.data != nullptr && ws.bytes >= plan.workspace_bytes, "workspace: expected at least ",
-               plan.workspace_bytes, " bytes, got ", ws.bytes);
-    d.o_part = static_cast<float*>(ws.data);
-    d.lse_part = reinterpret_cast<float*>(static_cast<char*>(ws.data) + plan.o_part_bytes);
-  }
+  if (d.n_splits > 1) place_split_partials(ws, plan.o_part_bytes, plan.workspace_bytes, d.o_part, d.lse_part);
   if (p.dtype == DType::f16) {
     launch_decode<DType::f16>(d, stream);
   } else {

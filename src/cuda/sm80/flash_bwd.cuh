@@ -170,6 +170,20 @@ struct BwdTraits {
   static constexpr int kSmemBytes = kSmemT * int(sizeof(T)) + 4 * kBlockM * int(sizeof(float));
 };
 
+/// Copies lse_log2 and D_i of query rows m0 .. m0 + BM of (b, h) into sLse / sDsum, 4 floats
+/// per cp.async by threads tid < BM / 2 (the rows are padded to whole tiles, so no bounds): plain
+/// loads would stall their warps for a global round trip in the middle of the tile.
+template <int BM>
+__device__ __forceinline__ void load_lse_dsum_async(const BwdParams& params, int b, int h, int m0, int tid,
+                                                    float* sLse, float* sDsum) {
+  const std::int64_t row0 = (std::int64_t(b) * params.p.heads_q + h) * params.seqlen_q_pad + m0;
+  if (tid < BM / 4) {
+    cp_async_16(sLse + 4 * tid, params.lse_log2 + row0 + 4 * tid, true);
+  } else if (tid < BM / 2) {
+    cp_async_16(sDsum + 4 * (tid - BM / 4), params.dsum + row0 + 4 * (tid - BM / 4), true);
+  }
+}
+
 template <class T, int D, int Dv>
 __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_constant__ BwdParams params) {
   using Tr = BwdTraits<T, D, Dv>;
@@ -224,13 +238,8 @@ __global__ void __launch_bounds__(kBwdThreads) flash_bwd_kernel(const __grid_con
     load_rows_async<kBwdThreads, T, BM, Dv>(sdO + stage * Tr::kSmemO, SV, dout, [&](int r) -> const T* {
       return m0 + r < Sq ? dout + row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
     });
-    // lse_log2 and D_i of the tile's rows, 4 per cp.async (the rows are padded to whole tiles):
-    // plain loads would stall their warps for a global round trip in the middle of the tile.
-    const std::int64_t row0 = (std::int64_t(b) * Hq + h) * params.seqlen_q_pad + m0;
-    const int t = int(threadIdx.x);
     static_assert(2 * BM / 4 <= kBwdThreads, "one cp.async per thread covers both");
-    if (t < BM / 4) cp_async_16(sLse + stage * BM + 4 * t, params.lse_log2 + row0 + 4 * t, true);
-    else if (t < BM / 2) cp_async_16(sDsum + stage * BM + 4 * (t - BM / 4), params.dsum + row0 + 4 * (t - BM / 4), true);
+    load_lse_dsum_async<BM>(params, b, h, m0, int(threadIdx.x), sLse + stage * BM, sDsum + stage * BM);
   };
 
   float dk[Tr::kDkCols / 8][4] = {};

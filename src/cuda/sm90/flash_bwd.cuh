@@ -110,12 +110,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     load_swizzled_rows_async<Tr::kThreads, BM, D>(tid, sdO + stage * Tr::kQBytes, dout, [&](int r) -> const T* {
       return m0 + r < Sq ? dout + sm80::row_offset(p.dout_layout, b, m0 + r, h) : nullptr;
     });
-    const std::int64_t row0 = (std::int64_t(b) * Hq + h) * params.seqlen_q_pad + m0;
-    if (tid < BM / 4) {
-      sm80::cp_async_16(sLse + stage * BM + 4 * tid, params.lse_log2 + row0 + 4 * tid, true);
-    } else if (tid < BM / 2) {
-      sm80::cp_async_16(sDsum + stage * BM + 4 * (tid - BM / 4), params.dsum + row0 + 4 * (tid - BM / 4), true);
-    }
+    sm80::load_lse_dsum_async<BM>(params, b, h, m0, tid, sLse + stage * BM, sDsum + stage * BM);
   };
 
   float dk[64], dv[64];
@@ -150,20 +145,18 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
 #pragma unroll
     for (int e = 0; e < 32; ++e) s[e] = dp[e] = 0.0f;
     wgmma_fence();
+    // acc = (this group's 64 rows of sKV) (the tile's 64 rows of sQO)^T, both K-major.
+    auto issue_keys_by_queries = [&](float (&acc)[32], std::uint32_t sKV, std::uint32_t sQO) {
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const std::uint32_t col = (kk % 4) * 32;
-      const std::uint64_t da = sw128_desc(sK + (kk / 4) * BN * 128 + 64 * wg * 128 + col, 16, 1024);
-      const std::uint64_t db = sw128_desc(sQs + (kk / 4) * BM * 128 + col, 16, 1024);
-      wgmma_m64n64k16_ss<T, 0, 0>(s, da, db, kk > 0 ? 1 : 0);
-    }
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const std::uint32_t col = (kk % 4) * 32;
-      const std::uint64_t da = sw128_desc(sV + (kk / 4) * BN * 128 + 64 * wg * 128 + col, 16, 1024);
-      const std::uint64_t db = sw128_desc(sdOs + (kk / 4) * BM * 128 + col, 16, 1024);
-      wgmma_m64n64k16_ss<T, 0, 0>(dp, da, db, kk > 0 ? 1 : 0);
-    }
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const std::uint32_t col = (kk % 4) * 32;
+        const std::uint64_t da = sw128_desc(sKV + (kk / 4) * BN * 128 + 64 * wg * 128 + col, 16, 1024);
+        const std::uint64_t db = sw128_desc(sQO + (kk / 4) * BM * 128 + col, 16, 1024);
+        wgmma_m64n64k16_ss<T, 0, 0>(acc, da, db, kk > 0 ? 1 : 0);
+      }
+    };
+    issue_keys_by_queries(s, sK, sQs);
+    issue_keys_by_queries(dp, sV, sdOs);
     wgmma_commit();
     wgmma_wait<0>();
     fence_registers(s);
