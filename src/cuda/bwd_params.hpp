@@ -4,6 +4,7 @@
 
 #include <cstddef>
 
+#include <cuda.h>  // CUtensorMap (a type only)
 #include <cuda_runtime_api.h>
 
 #include "problem.hpp"
@@ -38,7 +39,10 @@ inline constexpr int kBwdRowPad = 64;
 /// Launch plan and problem for one backward call. Workspace (f32 unless said), Sq = seqlen_q
 /// (the maximum for packed batches), Sp = Sq rounded up to kBwdRowPad, rows indexed by
 /// (batch, query) even when packed:
-///   dq_accum  (B, Sq, Hq, D)     scale-free dQ sums; atomics, or ordered adds when deterministic
+///   dq_accum  (B, Sq, Hq, D)     scale-free dQ sums; atomics, or ordered adds when deterministic.
+///             Hopper kernel (dq_tiled): (B, Hq, m_tiles, 64 x D) instead, each query tile's sums
+///             contiguous in the order of the kernel's registers (dq_tiled_offset), so that one
+///             bulk reduce-add from shared memory adds a warpgroup's half tile
 ///   lse_log2  (B, Hq, Sp)        lse * log2(e); +inf for fully masked and padding rows, so that
 ///                                exp2(s - lse_log2) is 0 there
 ///   dsum      (B, Hq, Sp)        D_i = rowsum(dO_i * O_i); 0 in padding rows
@@ -55,7 +59,25 @@ struct BwdParams {
   float* lse_log2 = nullptr;
   float* dsum = nullptr;
   int* counters = nullptr;
+  /// The Hopper kernel's choices: dq_accum in its tiled order; Q and dO (and lse_log2, dsum) by
+  /// TMA through these maps (padded rows, tma_map.hpp), otherwise by cp.async.
+  bool dq_tiled = false;
+  bool tma = false;
+  int head_chunk = 1;  ///< (kv head, batch) pairs per chunk of the block order (sm90/flash_bwd.cuh)
+  CUtensorMap tma_q{};
+  CUtensorMap tma_do{};
 };
+
+/// Where the tiled dq_accum (BwdParams::dq_tiled, D = 128) keeps query row r (0..63) of a tile,
+/// column c (0..127), in floats from the tile's start: warpgroup c / 64 owns the columns, and
+/// its thread t holds the wgmma accumulator (rows 16 (t / 32) + (t % 32) / 4 + 8 (e / 2),
+/// columns 8 j + 2 (t % 4) + e % 2), stored as float4 j of thread t at 4 (128 j + t).
+ATTN_HD constexpr int dq_tiled_offset(int r, int c) {
+  const int wg = c / 64, j = (c % 64) / 8, w = c % 8;
+  const int t = (r / 16) * 32 + (r % 8) * 4 + w / 2;
+  const int e = ((r % 16) / 8) * 2 + w % 2;
+  return wg * 4096 + (j * 128 + t) * 4 + e;
+}
 
 /// One explicit instantiation per (dtype, head_dim, head_dim_v), in src/cuda/sm80/flash_bwd_*.cu.
 template <DType dtype, int D, int Dv>

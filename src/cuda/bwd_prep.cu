@@ -69,12 +69,25 @@ __global__ void __launch_bounds__(kPrepThreads) convert_dq_kernel(const __grid_c
   const int row = int(id / chunks), c = int(id % chunks);
   if (row >= p.seqlen_q_of(b) * Hq) return;
   const int i = row / Hq, h = row % Hq;
-  const float* src = params.dq_accum + ((std::int64_t(b) * p.seqlen_q + i) * Hq + h) * D + c * 8;
-  const float4 lo = __ldcg(reinterpret_cast<const float4*>(src));
-  const float4 hi = __ldcg(reinterpret_cast<const float4*>(src + 4));
+  float vals[8];
+  if (!params.dq_tiled) {
+    const float* src = params.dq_accum + ((std::int64_t(b) * p.seqlen_q + i) * Hq + h) * D + c * 8;
+    const float4 lo = __ldcg(reinterpret_cast<const float4*>(src));
+    const float4 hi = __ldcg(reinterpret_cast<const float4*>(src + 4));
+    vals[0] = lo.x, vals[1] = lo.y, vals[2] = lo.z, vals[3] = lo.w;
+    vals[4] = hi.x, vals[5] = hi.y, vals[6] = hi.z, vals[7] = hi.w;
+  } else {
+    // The Hopper kernel's order (dq_tiled_offset, D = 128): neighbouring columns in pairs.
+    constexpr int kTile = 64;
+    const float* tile = params.dq_accum + ((std::int64_t(b) * Hq + h) * params.m_tiles + i / kTile) * kTile * D;
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+      const float2 pair = __ldcg(reinterpret_cast<const float2*>(tile + dq_tiled_offset(i % kTile, c * 8 + e)));
+      vals[e] = pair.x, vals[e + 1] = pair.y;
+    }
+  }
   uint4 packed;
   T* pv = reinterpret_cast<T*>(&packed);
-  const float vals[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
   for (int e = 0; e < 8; ++e) pv[e] = from_f32<T>(vals[e] * p.scale);
   *reinterpret_cast<uint4*>(static_cast<T*>(p.dq) + p.dq_layout.offset(b, i, h) + c * 8) = packed;

@@ -6,6 +6,7 @@
 #include <set>
 #include <tuple>
 
+#include "cuda/bwd_params.hpp"
 #include "cuda/fwd_params.hpp"
 #include "cuda/tma_map.hpp"
 
@@ -76,6 +77,24 @@ TEST(CudaPlan, TmaMapsOnlyForPaddedRowsOn16ByteStrides) {
   EXPECT_FALSE(encode(padded, storage + 1));  // base 2 bytes off
   EXPECT_FALSE(encode(padded, storage, DType::f32));
   EXPECT_FALSE(encode(padded, storage, DType::bf16, 96));  // not whole 64-element boxes
+}
+
+// The Hopper backward's tiled dq_accum: every (query row, column) of a 64 x 128 tile has its own
+// slot, each warpgroup's 64 columns fill one contiguous half (its bulk reduction), and the
+// column pairs that bwd_prep.cu reads as float2 are adjacent.
+TEST(CudaPlan, TiledDqOffsetsFillTheTileOnce) {
+  std::set<int> seen;
+  for (int r = 0; r < 64; ++r)
+    for (int c = 0; c < 128; ++c) {
+      const int at = dq_tiled_offset(r, c);
+      ASSERT_GE(at, (c / 64) * 4096);
+      ASSERT_LT(at, (c / 64 + 1) * 4096);
+      EXPECT_TRUE(seen.insert(at).second) << "row " << r << " column " << c;
+      if (c % 2 == 1) {
+        EXPECT_EQ(at, dq_tiled_offset(r, c - 1) + 1);
+      }
+    }
+  EXPECT_EQ(seen.size(), 64u * 128u);
 }
 
 }  // namespace

@@ -81,6 +81,36 @@ __device__ __forceinline__ void tma_load_4d(std::uint32_t dst, const void* map, 
       : "memory");
 }
 
+/// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory to
+/// shared memory at `dst`; the landed bytes complete transactions on barrier `bar`.
+__device__ __forceinline__ void bulk_load(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(reinterpret_cast<std::uint64_t>(src)), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
+/// Adds `bytes` of f32 from shared memory at `src` into global memory at `dst`, element by
+/// element, atomically with respect to other reductions (one instruction instead of one atomic
+/// per element). Asynchronous: part of this thread's bulk group, see bulk_commit / bulk_wait_read.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, std::uint32_t src, std::uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(
+                   reinterpret_cast<std::uint64_t>(dst)),
+               "r"(src), "r"(bytes)
+               : "memory");
+}
+/// Closes this thread's bulk group of the reductions issued since the last one.
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/// Waits until at most N of this thread's bulk groups still read their shared-memory source.
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+/// Waits until at most N of this thread's bulk groups are still incomplete (writes included).
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 /// Makes this thread's earlier generic-proxy shared-memory writes (stores, landed cp.async)
 /// visible to later async-proxy reads (wgmma operands) once a barrier orders them.
 __device__ __forceinline__ void fence_proxy_async() {
