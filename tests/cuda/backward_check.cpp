@@ -25,8 +25,8 @@ std::string sci(double x) {
 }
 
 /// Compares one gradient (rows of `dim` elements) with the float64 reference: every element
-/// within 6u of its value plus the tensor's rms plus its `slack` (catches NaN, unwritten and
-/// misplaced values), every row within 6u of its norm plus u of the rms row norm plus the norm
+/// within 6u of its value plus the tensor's rms, plus 3u of its row's rms, plus its `slack`
+/// (catches NaN, unwritten and misplaced values), every row within 6u of its norm plus u of the rms row norm plus the norm
 /// of its slack, the tensor within 3u in relative l2: the rounding of P and dS to the storage
 /// dtype and of the result, with room for the f32 sums. Rows flagged in `zero_rows` (fully
 /// masked queries) must be exactly 0.
@@ -50,13 +50,22 @@ void compare(const char* name, const Tensor& got, const Tensor& ref, int dim, do
   for (std::int64_t r = 0; r < rows; ++r) {
     double row_err2 = 0, row_ref2 = 0, row_slack2 = 0;
     const bool zero = !zero_rows.empty() && zero_rows[std::size_t(r)] != 0;
+    // An element that cancels to near 0 still carries the rounding of its row's terms: dq_i sums
+    // dS_ij k_j with dS_ij rounded to the storage dtype, an error of about u / 2 of the row's
+    // magnitude, which can far exceed the tensor's rms in a row with few allowed keys (seen once,
+    // causal_sq_gt_sk_fully_masked_rows: dq off by 1.08x the bound, bit-identical on the sm80
+    // and sm90 kernels).
+    double this_row2 = 0;
+    for (int e = 0; e < dim; ++e) this_row2 += read_element(ref, r * dim + e) * read_element(ref, r * dim + e);
+    const double row_term = 3 * u * std::sqrt(this_row2 / dim);
     for (int e = 0; e < dim; ++e) {
       const std::int64_t i = r * dim + e;
       const double g = read_element(got, i), x = read_element(ref, i);
       const double sl = slack.empty() ? 0.0 : slack[std::size_t(i)];
-      if (zero ? g != 0.0 : !(std::abs(g - x) <= 6 * u * (std::abs(x) + rms) + sl))
+      const double bound = 6 * u * (std::abs(x) + rms) + row_term + sl;
+      if (zero ? g != 0.0 : !(std::abs(g - x) <= bound))
         fail("[" + std::to_string(r) + "][" + std::to_string(e) + "] = " + sci(g) + ", expected " + sci(x) +
-             (zero ? " (fully masked row)" : " +- " + sci(6 * u * (std::abs(x) + rms) + sl)));
+             (zero ? " (fully masked row)" : " +- " + sci(bound)));
       row_err2 += (g - x) * (g - x);
       row_ref2 += x * x;
       row_slack2 += sl * sl;
