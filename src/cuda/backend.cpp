@@ -90,11 +90,10 @@ Plan plan_forward(const AttentionProblem& p) {
     }
     // TMA where every sequence's keys run to the padded length: rows past it load as zeros,
     // as V rows must where P is 0 (per-sequence lengths would leave stale rows in the tile).
-    const char* tma_env = std::getenv("ATTN_CUDA_TMA");
-    if (p.seqlens_k == nullptr && (tma_env == nullptr || std::strcmp(tma_env, "0") != 0)) {
-      f.tma = encode_padded_kv_map(f.tma_k, p.k, p.k_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim,
+    if (p.seqlens_k == nullptr && tma_allowed()) {
+      f.tma = encode_padded_rows_map(f.tma_k, p.k, p.k_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim,
                                    kSm90BlockN) &&
-              encode_padded_kv_map(f.tma_v, p.v, p.v_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v,
+              encode_padded_rows_map(f.tma_v, p.v, p.v_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v,
                                    kSm90BlockN);
     }
   }

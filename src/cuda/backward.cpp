@@ -89,11 +89,10 @@ Plan plan_backward(const BackwardProblem& p) {
     if (const char* chunk_env = std::getenv("ATTN_CUDA_BWD_CHUNK"); chunk_env != nullptr && std::atoi(chunk_env) > 0)
       f.head_chunk = std::min(p.heads_kv * p.batch, std::atoi(chunk_env));  // for measuring the order
     // Q and dO by TMA where their rows are padded; rows past seqlen_q load as zeros.
-    const char* tma_env = std::getenv("ATTN_CUDA_TMA");
-    if (tma_env == nullptr || std::strcmp(tma_env, "0") != 0) {
-      f.tma = encode_padded_kv_map(f.tma_q, p.q, p.q_layout, p.dtype, p.batch, p.seqlen_q, p.heads_q, p.head_dim,
+    if (tma_allowed()) {
+      f.tma = encode_padded_rows_map(f.tma_q, p.q, p.q_layout, p.dtype, p.batch, p.seqlen_q, p.heads_q, p.head_dim,
                                    tile.block_m) &&
-              encode_padded_kv_map(f.tma_do, p.dout, p.dout_layout, p.dtype, p.batch, p.seqlen_q, p.heads_q,
+              encode_padded_rows_map(f.tma_do, p.dout, p.dout_layout, p.dtype, p.batch, p.seqlen_q, p.heads_q,
                                    p.head_dim_v, tile.block_m);
     }
   } else {

@@ -4,6 +4,8 @@
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace attn::cuda {
 namespace {
@@ -27,7 +29,7 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 
 }  // namespace
 
-bool encode_padded_kv_map(CUtensorMap& map, const void* base, const detail::TokenLayout& layout, DType dtype,
+bool encode_padded_rows_map(CUtensorMap& map, const void* base, const detail::TokenLayout& layout, DType dtype,
                           int batch, int seqlen, int heads, int head_dim, int box_rows) {
   if (layout.cu_seqlens != nullptr || layout.block_table != nullptr) return false;
   if (dtype != DType::f16 && dtype != DType::bf16) return false;
@@ -52,6 +54,11 @@ bool encode_padded_kv_map(CUtensorMap& map, const void* base, const detail::Toke
                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS;
+}
+
+bool tma_allowed() {
+  const char* env = std::getenv("ATTN_CUDA_TMA");
+  return env == nullptr || std::strcmp(env, "0") != 0;
 }
 
 }  // namespace attn::cuda

@@ -60,7 +60,7 @@ TEST(CudaPlan, TmaMapsOnlyForPaddedRowsOn16ByteStrides) {
   padded.batch_stride = 256 * 4 * 128;
   CUtensorMap map{};
   auto encode = [&](const detail::TokenLayout& l, const void* base, DType dtype = DType::bf16, int head_dim = 128) {
-    return encode_padded_kv_map(map, base, l, dtype, 2, 256, 4, head_dim, 128);
+    return encode_padded_rows_map(map, base, l, dtype, 2, 256, 4, head_dim, 128);
   };
   const std::int32_t cu_seqlens[3] = {0, 100, 256};
   detail::TokenLayout packed = padded;

@@ -2,7 +2,7 @@
 // of 128 keys, kv head and batch, visiting the 64-query tiles of every query head of its group
 // that the mask leaves reachable) with its products on wgmma. D = Dv = 128; the default there
 // on sm_90 (ATTN_CUDA_BWD=sm80 keeps the mma.sync kernel, src/cuda/backward.cpp): 2x that kernel,
-// 1.06x SDPA's flash backend (bench/gpu_notes_backward.md).
+// 1.05x / 1.04x SDPA's flash backend, full / causal (bench/gpu_notes_backward.md).
 //
 // Two warpgroups, each owning 64 of the block's keys. Per query tile:
 //   S^T = K Q^T, dP^T = V dO^T     64 keys x 64 queries per warpgroup (wgmma m64n64, both from
