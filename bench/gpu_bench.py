@@ -161,6 +161,11 @@ def flex_peer(q, k, v, causal):
     return lambda: compiled(qt, kt, vt, block_mask=block_mask).transpose(1, 2)
 
 
+# ATTN_CUDA_FWD_CTAS above any tile count: the Hopper forward then launches one CTA per query
+# tile and the hardware hands them out, as before its grid became persistent.
+ONE_CTA_PER_TILE = "1000000000"
+
+
 def with_env(fn, key, value):
     """fn run with an environment variable set (attn reads ATTN_CUDA_* per call)."""
 
@@ -210,6 +215,9 @@ def bench_prefill(attn, head_dim, causal, rows, peers_only=None, variants=("sm90
             # The Hopper kernel's cp.async producer (its fallback for packed and paged rows).
             cpasync = [with_env(fn, "ATTN_CUDA_TMA", "0") for fn in ours]
             peers.append(("attn-cpasync", lambda: cpasync, rel_err(cpasync[0](), reference)))
+            # The Hopper kernel with one CTA per query tile instead of its persistent grid.
+            per_tile = [with_env(fn, "ATTN_CUDA_FWD_CTAS", ONE_CTA_PER_TILE) for fn in ours]
+            peers.append(("attn-cta-per-tile", lambda: per_tile, rel_err(per_tile[0](), reference)))
             for variant in variants:
                 fns = [with_env(fn, "ATTN_CUDA_FWD", variant) for fn in ours]
                 peers.append(("attn-" + variant, lambda fns=fns: fns, rel_err(fns[0](), reference)))
@@ -239,27 +247,32 @@ def kept_tiles(seqlen, window_left, tile=128):
 def bench_window(attn, rows):
     """Causal sliding windows against plain causal: the time per kept 128 x 128 tile (the Hopper
     kernel's tile at D 128) relative to causal, which the issue wants near 1 (time in proportion
-    to the tiles kept)."""
+    to the tiles kept). Also with one CTA per query tile instead of the persistent grid, each
+    against its own causal time."""
     seqlen, tokens, width, D = 4096, 16384, 2048, 128
     B, H = tokens // seqlen, width // D
     n_sets = input_sets(4 * B * seqlen * H * D * 2)
     sets = [tuple(torch.randn(B, seqlen, H, D, device="cuda", dtype=torch.bfloat16) for _ in range(3)) for _ in range(n_sets)]
     outs = [torch.empty_like(s[0]) for s in sets]
-    base = None
-    for window in (-1, 1024, 256):
-        fns = [attn.prepare(q, k, v, o, causal=True, window_left=window) for (q, k, v), o in zip(sets, outs)]
-        q, k, v = sets[0]
-        i = torch.arange(seqlen, device="cuda")
-        allowed = (i[None, :] <= i[:, None]) & ((window < 0) | (i[:, None] - i[None, :] <= window))
-        ref = F.scaled_dot_product_attention(q[:1].transpose(1, 2), k[:1].transpose(1, 2), v[:1].transpose(1, 2),
-                                             attn_mask=allowed).transpose(1, 2)
-        err = rel_err(fns[0]()[:1], ref)
-        ms = time_ms(fns)
-        tiles = kept_tiles(seqlen, window)
-        if base is None:
-            base = ms / tiles
-        name = "window causal" if window < 0 else f"window {window}"
-        record(rows, dict(case=name, impl="attn", ms=ms, tiles=tiles, per_tile_vs_causal=ms / tiles / base, rel_err=err))
+    for impl, env in (("attn", None), ("attn-cta-per-tile", ONE_CTA_PER_TILE)):
+        base = None
+        for window in (-1, 1024, 256):
+            fns = [attn.prepare(q, k, v, o, causal=True, window_left=window) for (q, k, v), o in zip(sets, outs)]
+            if env is not None:
+                fns = [with_env(fn, "ATTN_CUDA_FWD_CTAS", env) for fn in fns]
+            q, k, v = sets[0]
+            i = torch.arange(seqlen, device="cuda")
+            allowed = (i[None, :] <= i[:, None]) & ((window < 0) | (i[:, None] - i[None, :] <= window))
+            ref = F.scaled_dot_product_attention(q[:1].transpose(1, 2), k[:1].transpose(1, 2), v[:1].transpose(1, 2),
+                                                 attn_mask=allowed).transpose(1, 2)
+            err = rel_err(fns[0]()[:1], ref)
+            ms = time_ms(fns)
+            tiles = kept_tiles(seqlen, window)
+            if base is None:
+                base = ms / tiles
+            name = "window causal" if window < 0 else f"window {window}"
+            record(rows, dict(case=name, impl=impl, ms=ms, tiles=tiles, per_tile_vs_causal=ms / tiles / base,
+                              rel_err=err))
 
 
 def bench_decode(attn, rows):

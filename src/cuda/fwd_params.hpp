@@ -74,6 +74,14 @@ struct FwdParams {
   /// 0 is the default (pipelined, ping-pong); ATTN_CUDA_FWD=sm90-pipe / sm90-plain-pp /
   /// sm90-plain pick 1 / 2 / 3.
   int sm90_variant = 0;
+  /// Hopper kernel, persistent: `grid_ctas` CTAs (about one per SM) take the `total_works`
+  /// work items (cta_work's numbering) one at a time from `work_counter`, an int in the
+  /// workspace that the launch zeroes.
+  int grid_ctas = 0;
+  int total_works = 0;
+  int* work_counter = nullptr;
+  /// With `tma`, Q comes by TMA too (128-row boxes).
+  CUtensorMap tma_q{};
 };
 
 /// Which work CTA `linear` (its launch index) does. Launch order: groups of pairs_per_group
@@ -114,7 +122,8 @@ void launch_flash_fwd(const FwdParams& params, cudaStream_t stream);
 /// The Hopper forward (wgmma), one instantiation per dtype at D = Dv = 128, in src/cuda/sm90/*.cu.
 template <DType dtype, int D>
 void launch_flash_fwd_sm90(const FwdParams& params, cudaStream_t stream);
-/// Keys per tile of the Hopper forward (the planner's split arithmetic needs it).
+/// Query rows and keys per tile of the Hopper forward (the planner's arithmetic needs them).
+inline constexpr int kSm90BlockM = 128;
 inline constexpr int kSm90BlockN = 128;
 
 /// Merges the KV-split partials into out and lse (src/cuda/decode_combine.cu).

@@ -50,7 +50,7 @@ using detail::TileKind;
 
 template <int D>
 struct Sm90FwdTraits {
-  static constexpr int kBlockM = 128;  // query rows per CTA: 64 per consumer warpgroup
+  static constexpr int kBlockM = kSm90BlockM;  // query rows per tile: 64 per consumer warpgroup
   static constexpr int kBlockN = kSm90BlockN;  // keys per stage
   static constexpr int kStages = 3;  // 224 KB with Q: one CTA per SM
   static constexpr int kConsumers = 2;  // warpgroups
@@ -63,9 +63,10 @@ struct Sm90FwdTraits {
   static constexpr int kTileBytesV = kBlockN * D * 2;
   static constexpr int kOffK = kTileBytesQ;
   static constexpr int kOffV = kOffK + kStages * kTileBytesK;
-  static constexpr int kOffBars = kOffV + kStages * kTileBytesV;
+  static constexpr int kOffBars = kOffV + kStages * kTileBytesV;  // full, empty per stage; Q full, Q empty
+  static constexpr int kOffSlots = kOffBars + (2 * kStages + 2) * 8;  // work item slots (ints)
   // +1024: the dynamic shared memory base is rounded up to the 1024-byte swizzle atom.
-  static constexpr int kSmemBytes = kOffBars + 2 * kStages * 8 + 1024;
+  static constexpr int kSmemBytes = kOffSlots + 16 + 1024;
 };
 
 /// Byte offset of 16-byte chunk `c` (8 elements) of row `r` in a swizzled tile of `rows` rows.
@@ -85,6 +86,18 @@ __device__ __forceinline__ void load_swizzled_rows_async(int tid, std::uint32_t 
   });
 }
 
+/// One work item of the persistent grid: a 128-row query tile of one (KV split, query head,
+/// sequence), as cta_work numbers them.
+struct Sm90Work {
+  int batch, slot, hk, split, Sq, Sk, m0;
+};
+__device__ __forceinline__ Sm90Work sm90_work(const FwdParams& params, int w) {
+  const CtaWork cw = cta_work(params, w);
+  const detail::AttentionProblem& p = params.p;
+  return {cw.batch, cw.slot, cw.slot / p.group_size(), cw.split, p.seqlen_q_of(cw.batch), p.seqlen_k_of(cw.batch),
+          cw.m_tile * kSm90BlockM};
+}
+
 /// kOverlap: the software-pipelined consumer loop (S of tile i beside P V of tile i - 1);
 /// false: the plain one-tile-at-a-time loop. kPingpong: the two consumer warpgroups take turns
 /// issuing their matrix multiplies (hardware barriers 3 and 4), so that one's softmax runs
@@ -93,6 +106,13 @@ __device__ __forceinline__ void load_swizzled_rows_async(int tid, std::uint32_t 
 /// The default is the pipelined loop with turns, the fastest measured on the H100 with the TMA
 /// producer (bf16 B4 S4096 H16: 557 TFLOP/s full, 448 causal, against 524 / 429 for the plain
 /// loop; bench/gpu_notes.md). The others stay selectable for comparison (FwdParams::sm90_variant).
+///
+/// Persistent: the grid has about one CTA per SM, and each CTA takes work items (query tiles)
+/// from a global counter until none are left, in cta_work's order (heaviest causal tiles first
+/// within groups of heads). The producer runs ahead across items: the next item's first K/V
+/// tile loads as soon as a stage frees, its Q as soon as the consumers have issued their last
+/// S = Q K^T of the current one, so that short items (sliding windows: a few key tiles each)
+/// do not pay a cold pipeline and an unhidden Q load each.
 template <class T, int D, bool kOverlap, bool kPingpong>
 __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     flash_fwd_sm90_kernel(const __grid_constant__ FwdParams params) {
@@ -102,7 +122,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
 #else
   using Tr = Sm90FwdTraits<D>;
   constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, kStages = Tr::kStages;
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr float kNegInf = -INFINITY;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -112,31 +131,24 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   const std::uint32_t sbase = smem_u32(smem);
   const std::uint32_t sQ = sbase, sK = sbase + Tr::kOffK, sV = sbase + Tr::kOffV;
   const std::uint32_t bar_full = sbase + Tr::kOffBars, bar_empty = bar_full + 8 * kStages;
+  const std::uint32_t bar_q_full = bar_empty + 8 * kStages, bar_q_empty = bar_q_full + 8;
+  // The current item's index, written by the producer before it announces that item's Q (-1:
+  // no more items), read by the consumers once that Q has landed.
+  volatile int* work_slot = reinterpret_cast<int*>(smem + Tr::kOffSlots);
+  // The cp.async producer's 128 threads learn each item from thread 0 (two slots, by parity).
+  volatile int* producer_slot = work_slot + 1;
 
   const detail::AttentionProblem& p = params.p;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
-  const CtaWork work = cta_work(params, int(blockIdx.x));
-  const int split = work.split, slot = work.slot, b = work.batch;
-  const int Sq = p.seqlen_q_of(b), Sk = p.seqlen_k_of(b);
-  const int m0 = work.m_tile * BM;
-  if (m0 >= Sq) return;  // packed (varlen) batches: this sequence has fewer query tiles
-  const int hk = slot / p.group_size();
-  const int i_lo = m0, i_hi = min(Sq, m0 + BM);
-  const MaskEval me{&p.mask, Sq, Sk, slot};
-
-  // Producer and consumers walk the same tile sequence (tiles.next), so the i-th visited tile
-  // sits in stage i % kStages on both sides.
-  const KeyTiles<BN> tiles(me, i_lo, i_hi, split, params.n_splits);
-  const int t_begin = tiles.t_begin, t_end = tiles.t_end;
   const bool interval_mask = is_interval_mask(p.mask);
-  auto tile_kind = [&](int t) { return tiles.kind(t); };
-  auto next_tile = [&](int t) { return tiles.next(t); };
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(bar_full + 8 * s, params.tma ? 1 : 128);
       mbar_init(bar_empty + 8 * s, 128 * Tr::kConsumers);
     }
+    mbar_init(bar_q_full, params.tma ? 1 : 128);
+    mbar_init(bar_q_empty, 128 * Tr::kConsumers);
   }
   __syncthreads();
 
@@ -148,47 +160,68 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     // ---- producer ----------------------------------------------------------------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Tr::kProducerRegs));
     const int ptid = int(threadIdx.x) - 128 * Tr::kConsumers;
+    // The next item with query rows (packed batches have fewer tiles in short sequences), or -1.
+    auto grab = [&]() -> int {
+      for (;;) {
+        const int w = atomicAdd(params.work_counter, 1);
+        if (w >= params.total_works) return -1;
+        const CtaWork cw = cta_work(params, w);
+        if (cw.m_tile * BM < p.seqlen_q_of(cw.batch)) return w;
+      }
+    };
     if (params.tma) {
-      // One thread announces each tile's bytes on its full barrier and issues the TMA loads
-      // of its D / 64 column blocks of K and of V; the barrier completes as they land.
-      if (ptid == 0) {
-        int i = 0;
-        for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
+      // One thread does it all: per item, its first K/V tile, then (once the consumers have
+      // released Q) the work slot and Q, then the remaining tiles. Each full barrier gets one
+      // arrival that announces the bytes its TMA loads will land.
+      if (ptid != 0) return;
+      int i = 0;  // K/V tiles issued, across items: tile i sits in stage i % kStages
+      for (int n = 0;; ++n) {
+        const int w = grab();
+        const auto issue_q = [&] {
+          mbar_wait(bar_q_empty, (n & 1) ^ 1);
+          *work_slot = w;
+          if (w < 0) {
+            mbar_arrive(bar_q_full);
+            return;
+          }
+          const Sm90Work wk = sm90_work(params, w);
+          mbar_arrive_expect_tx(bar_q_full, Tr::kTileBytesQ);
+#pragma unroll
+          for (int cb = 0; cb < D / 64; ++cb)
+            tma_load_4d(sQ + cb * BM * 128, &params.tma_q, 64 * cb, wk.m0, wk.slot, wk.batch, bar_q_full);
+        };
+        if (w < 0) {
+          issue_q();
+          return;
+        }
+        const Sm90Work wk = sm90_work(params, w);
+        const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
+        const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
+        bool q_issued = false;
+        for (int t = tiles.next(tiles.t_begin); t < tiles.t_end; t = tiles.next(t + 1), ++i) {
           const int stage = i % kStages;
           mbar_wait(bar_empty + 8 * stage, ((i / kStages) & 1) ^ 1);
           const std::uint32_t full = bar_full + 8 * stage;
           mbar_arrive_expect_tx(full, Tr::kTileBytesK + Tr::kTileBytesV);
 #pragma unroll
           for (int cb = 0; cb < D / 64; ++cb) {
-            tma_load_4d(sK + stage * Tr::kTileBytesK + cb * BN * 128, &params.tma_k, 64 * cb, t * BN, hk, b, full);
-            tma_load_4d(sV + stage * Tr::kTileBytesV + cb * BN * 128, &params.tma_v, 64 * cb, t * BN, hk, b, full);
+            tma_load_4d(sK + stage * Tr::kTileBytesK + cb * BN * 128, &params.tma_k, 64 * cb, t * BN, wk.hk, wk.batch,
+                        full);
+            tma_load_4d(sV + stage * Tr::kTileBytesV + cb * BN * 128, &params.tma_v, 64 * cb, t * BN, wk.hk, wk.batch,
+                        full);
           }
+          if (!q_issued) issue_q();
+          q_issued = true;
         }
+        if (!q_issued) issue_q();
       }
-      return;
     }
-    const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(b, 0, hk) : k;
-    const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(b, 0, hk) : v;
-    // Rows past Sk are zero-filled: V must be finite where P is 0.
-    auto load_tile = [&](int t, int stage) {
-      const int n0 = t * BN;
-      load_swizzled_rows_async<128, BN, D>(ptid, sK + stage * Tr::kTileBytesK, k, [&](int r) -> const T* {
-        if (n0 + r >= Sk) return nullptr;
-        return p.k_layout.block_table != nullptr ? k + sm80::row_offset(p.k_layout, b, n0 + r, hk)
-                                                 : k_row0 + std::int64_t(n0 + r) * p.k_layout.token_stride;
-      });
-      load_swizzled_rows_async<128, BN, D>(ptid, sV + stage * Tr::kTileBytesV, v, [&](int r) -> const T* {
-        if (n0 + r >= Sk) return nullptr;
-        return p.v_layout.block_table != nullptr ? v + sm80::row_offset(p.v_layout, b, n0 + r, hk)
-                                                 : v_row0 + std::int64_t(n0 + r) * p.v_layout.token_stride;
-      });
-      sm80::cp_async_commit();
-    };
-    // Tile i is announced once tile i + 1's copies are issued, so the copies of one tile stay
-    // in flight while the previous one lands. When the slot for tile i + 1 is not free yet,
-    // tile i is announced first: the consumers may need it before they free that slot (the
-    // pipelined loop releases tile i - 1 only after it has waited for tile i).
-    int pending = -1;  // visit index of the issued, not yet announced tile
+
+    // cp.async: all 128 producer threads copy. A load is announced (its full barrier arrived
+    // on) once the next one is issued, so that one load stays in flight while the previous one
+    // lands; when the slot for the next load is not free yet, the pending one is announced
+    // first: the consumers may need it before they free that slot.
+    std::uint32_t pending = 0;  // full barrier of the issued, not yet announced load
     auto announce = [&](bool keep_one_in_flight) {
       if (keep_one_in_flight) {
         sm80::cp_async_wait<1>();
@@ -196,49 +229,74 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
         sm80::cp_async_wait<0>();
       }
       fence_proxy_async();
-      mbar_arrive(bar_full + 8 * (pending % kStages));
-      pending = -1;
+      mbar_arrive(pending);
+      pending = 0;
+    };
+    auto acquire = [&](std::uint32_t empty, int parity) {
+      if (pending != 0 && !mbar_test(empty, parity)) announce(false);
+      mbar_wait(empty, parity);
+    };
+    auto issued = [&](std::uint32_t full) {
+      sm80::cp_async_commit();
+      if (pending != 0) announce(true);
+      pending = full;
     };
     int i = 0;
-    for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
-      const int stage = i % kStages, parity = ((i / kStages) & 1) ^ 1;
-      if (pending >= 0 && !mbar_test(bar_empty + 8 * stage, parity)) announce(false);
-      mbar_wait(bar_empty + 8 * stage, parity);
-      load_tile(t, stage);
-      if (pending >= 0) announce(true);
-      pending = i;
+    for (int n = 0;; ++n) {
+      if (ptid == 0) producer_slot[n & 1] = grab();
+      named_barrier_sync(5, 128);
+      const int w = producer_slot[n & 1];
+      const auto issue_q = [&] {
+        acquire(bar_q_empty, (n & 1) ^ 1);
+        if (ptid == 0) *work_slot = w;
+        if (w < 0) return;
+        const Sm90Work wk = sm90_work(params, w);
+        // Rows past the sequence are zero-filled (finite scores, never stored).
+        load_swizzled_rows_async<128, BM, D>(ptid, sQ, q, [&](int r) -> const T* {
+          return wk.m0 + r < wk.Sq ? q + sm80::row_offset(p.q_layout, wk.batch, wk.m0 + r, wk.slot) : nullptr;
+        });
+        issued(bar_q_full);
+      };
+      if (w < 0) {
+        issue_q();
+        if (pending != 0) announce(false);
+        mbar_arrive(bar_q_full);
+        return;
+      }
+      const Sm90Work wk = sm90_work(params, w);
+      const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
+      const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
+      const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(wk.batch, 0, wk.hk) : k;
+      const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(wk.batch, 0, wk.hk) : v;
+      bool q_issued = false;
+      for (int t = tiles.next(tiles.t_begin); t < tiles.t_end; t = tiles.next(t + 1), ++i) {
+        const int stage = i % kStages;
+        acquire(bar_empty + 8 * stage, ((i / kStages) & 1) ^ 1);
+        // Rows past Sk are zero-filled: V must be finite where P is 0.
+        const int n0 = t * BN;
+        load_swizzled_rows_async<128, BN, D>(ptid, sK + stage * Tr::kTileBytesK, k, [&](int r) -> const T* {
+          if (n0 + r >= wk.Sk) return nullptr;
+          return p.k_layout.block_table != nullptr ? k + sm80::row_offset(p.k_layout, wk.batch, n0 + r, wk.hk)
+                                                   : k_row0 + std::int64_t(n0 + r) * p.k_layout.token_stride;
+        });
+        load_swizzled_rows_async<128, BN, D>(ptid, sV + stage * Tr::kTileBytesV, v, [&](int r) -> const T* {
+          if (n0 + r >= wk.Sk) return nullptr;
+          return p.v_layout.block_table != nullptr ? v + sm80::row_offset(p.v_layout, wk.batch, n0 + r, wk.hk)
+                                                   : v_row0 + std::int64_t(n0 + r) * p.v_layout.token_stride;
+        });
+        issued(bar_full + 8 * stage);
+        if (!q_issued) issue_q();
+        q_issued = true;
+      }
+      if (!q_issued) issue_q();
     }
-    if (pending >= 0) announce(false);
-    return;
   }
 
   // ---- consumers -----------------------------------------------------------------------
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Tr::kConsumerRegs));
   const int wg = warp / 4;                   // consumer warpgroup: tile rows [64 wg, 64 wg + 64)
-  const int wg_tid = int(threadIdx.x) % 128;
   const int warp_row = 64 * wg + 16 * (warp % 4);  // this warp's 16 rows
   auto tile_row = [&](int h) { return warp_row + lane / 4 + 8 * h; };
-
-  // This warpgroup's 64 Q rows, by its own threads.
-  for (int id = wg_tid; id < 64 * kChunks; id += 128) {
-    const int r = 64 * wg + id / kChunks, c = id % kChunks;
-    const int x = m0 + r;
-    const bool valid = x < Sq;
-    const T* src = valid ? q + sm80::row_offset(p.q_layout, b, x, slot) + c * 8 : q;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sQ + swizzled(r, c, BM)), "l"(src),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-  }
-  sm80::cp_async_commit();
-  sm80::cp_async_wait<0>();
-  fence_proxy_async();
-  named_barrier_sync(1 + wg, 128);
-
-  float o[64];
-#pragma unroll
-  for (int e = 0; e < 64; ++e) o[e] = 0.0f;
-  float m_run[2] = {kNegInf, kNegInf};
-  float l_run[2] = {0.0f, 0.0f};
   const float mul = p.softcap > 0.0f ? 1.0f : params.scale_log2;
   // Q rows of this warpgroup start 64 rows into each 128-row column block.
   const std::uint32_t q_base = sQ + 64 * wg * 128;
@@ -256,6 +314,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     }
     wgmma_commit();
   };
+  float o[64];
   // O += P V (BN / 16 steps of k16 over the keys; keys 16 kk.. are rows 16 kk.. of each
   // column block, and column blocks are BN rows apart), one wgmma group.
   auto issue_pv = [&](const std::uint32_t (&pa)[BN / 16][4], int stage) {
@@ -266,63 +325,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       wgmma_m64n128k16_rs<T>(o, pa[kk], db, 1);
     }
     wgmma_commit();
-  };
-  // Soft-cap, mask and online softmax of tile t's scores (sm80's, on one 16-row m-tile of 128
-  // keys per warp): s becomes P (f32), l_run and m_run move on, and the factor by which the
-  // output accumulated so far must be rescaled is returned in scale_old.
-  auto softmax = [&](float (&s)[64], int t, float (&scale_old)[2]) {
-    const TileKind kind = tile_kind(t);
-    const int n0 = t * BN;
-    if (p.softcap > 0.0f) {
-#pragma unroll
-      for (int e = 0; e < 64; ++e) s[e] = params.softcap_log2 * sm80::tanh_exp2(s[e] * (p.scale / p.softcap));
-    }
-    if ((kind == TileKind::partial || n0 + BN > Sk) && interval_mask) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int x = m0 + tile_row(h);
-        int lo = 0, hi = Sk - 1;  // padding rows (past Sq) keep finite scores; never stored
-        if (x < Sq) me.interval(x + me.offset(), lo, hi);
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int j = n0 + nt * 8 + lane % 4 * 2 + e;
-            if (j < lo || j > hi) s[4 * nt + 2 * h + e] = kNegInf;
-          }
-      }
-    } else if (kind == TileKind::partial || n0 + BN > Sk) {
-      // One rolled copy of the predicate fills a bit per score (bit idx is s[idx]).
-      std::uint64_t keep = 0;
-#pragma unroll 1
-      for (int idx = 0; idx < 64; ++idx) {
-        const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
-        const int x = m0 + tile_row(idx % 4 >= 2 ? 1 : 0);
-        const bool ok = j < Sk && (x >= Sq || me.allows(x, j));
-        keep |= std::uint64_t(ok) << idx;
-      }
-#pragma unroll
-      for (int e = 0; e < 64; ++e)
-        if (((keep >> e) & 1u) == 0) s[e] = kNegInf;
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = kNegInf;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * h], s[4 * nt + 2 * h + 1]));
-      mx = fmaxf(m_run[h], sm80::quad_max(mx) * mul);
-      const float base = mx == kNegInf ? 0.0f : mx;  // a row with nothing allowed yet stays at 0
-      scale_old[h] = exp2f(m_run[h] - base);
-      m_run[h] = mx;
-      float sum = 0.0f;
-#pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        s[4 * nt + 2 * h] = exp2f(fmaf(s[4 * nt + 2 * h], mul, -base));
-        s[4 * nt + 2 * h + 1] = exp2f(fmaf(s[4 * nt + 2 * h + 1], mul, -base));
-        sum += s[4 * nt + 2 * h] + s[4 * nt + 2 * h + 1];
-      }
-      l_run[h] = l_run[h] * scale_old[h] + sum;
-    }
   };
   auto rescale_o = [&](const float (&scale_old)[2]) {
 #pragma unroll
@@ -346,6 +348,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   auto wait_full = [&](int i) { mbar_wait(bar_full + 8 * (i % kStages), (i / kStages) & 1); };
   // Turn-taking: warpgroup w waits on barrier 3 + w (its 128 threads plus the other group's
   // 128 arrivals), issues, then lets the other group go. Group 1 opens group 0's first turn.
+  // Both groups issue the same sequence, so the turns carry over from one item to the next.
   auto turn_begin = [&] {
     if constexpr (kPingpong) named_barrier_sync(3 + wg, 256);
   };
@@ -356,121 +359,193 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     if (wg == 1) named_barrier_arrive(3, 256);
   }
 
-  float s[64];
-  std::uint32_t pa[BN / 16][4];
-  float scale_old[2];
-  if constexpr (!kOverlap) {
-    // One tile at a time: S, softmax, P V.
-    int i = 0;
-    for (int t = next_tile(t_begin); t < t_end; t = next_tile(t + 1), ++i) {
-      wait_full(i);
-      turn_begin();
-      wgmma_fence();
-      issue_qk(s, i % kStages);
-      turn_end();
-      wgmma_wait<0>();
-      fence_registers(s);
-      softmax(s, t, scale_old);
-      rescale_o(scale_old);
-      pack_p(s, pa);
-      wgmma_fence();
-      issue_pv(pa, i % kStages);
-      wgmma_wait<0>();
-      fence_registers(o);
-      mbar_arrive(bar_empty + 8 * (i % kStages));
-    }
-  } else {
-    // Software-pipelined by one tile: S of tile i is computed on the tensor cores while they
-    // also run P V of tile i - 1, and tile i's softmax overlaps that P V. The output is
-    // rescaled to tile i's row maxima only once P V of tile i - 1 (at the old maxima) is done.
-    int t = next_tile(t_begin);
-    if (t < t_end) {
-      wait_full(0);
-      turn_begin();
-      wgmma_fence();
-      issue_qk(s, 0);
-      turn_end();
-      wgmma_wait<0>();
-      fence_registers(s);
-      softmax(s, t, scale_old);  // o is 0: nothing to rescale
-      pack_p(s, pa);
-      int i = 1;
-      for (t = next_tile(t + 1); t < t_end; t = next_tile(t + 1), ++i) {
+  int i = 0;  // K/V tiles consumed, across items, as the producer counts them
+  for (int n = 0;; ++n) {
+    mbar_wait(bar_q_full, n & 1);
+    const int w = *work_slot;
+    if (w < 0) break;
+    const Sm90Work wk = sm90_work(params, w);
+    const int b = wk.batch, slot = wk.slot, Sq = wk.Sq, Sk = wk.Sk, m0 = wk.m0;
+    const MaskEval me{&p.mask, Sq, Sk, slot};
+    const KeyTiles<BN> tiles(me, m0, min(Sq, m0 + BM), wk.split, params.n_splits);
+    const int t_end = tiles.t_end;
+    bool q_released = false;
+    // Q is free for the next item once this warpgroup's last S = Q K^T has completed.
+    auto release_q = [&] {
+      if (!q_released) mbar_arrive(bar_q_empty);
+      q_released = true;
+    };
+
+#pragma unroll
+    for (int e = 0; e < 64; ++e) o[e] = 0.0f;
+    float m_run[2] = {kNegInf, kNegInf};
+    float l_run[2] = {0.0f, 0.0f};
+
+    // Soft-cap, mask and online softmax of tile t's scores (sm80's, on one 16-row m-tile of
+    // 128 keys per warp): s becomes P (f32), l_run and m_run move on, and the factor by which
+    // the output accumulated so far must be rescaled is returned in scale_old.
+    auto softmax = [&](float (&s)[64], int t, float (&scale_old)[2]) {
+      const TileKind kind = tiles.kind(t);
+      const int n0 = t * BN;
+      if (p.softcap > 0.0f) {
+#pragma unroll
+        for (int e = 0; e < 64; ++e) s[e] = params.softcap_log2 * sm80::tanh_exp2(s[e] * (p.scale / p.softcap));
+      }
+      if ((kind == TileKind::partial || n0 + BN > Sk) && interval_mask) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int x = m0 + tile_row(h);
+          int lo = 0, hi = Sk - 1;  // padding rows (past Sq) keep finite scores; never stored
+          if (x < Sq) me.interval(x + me.offset(), lo, hi);
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int j = n0 + nt * 8 + lane % 4 * 2 + e;
+              if (j < lo || j > hi) s[4 * nt + 2 * h + e] = kNegInf;
+            }
+        }
+      } else if (kind == TileKind::partial || n0 + BN > Sk) {
+        // One rolled copy of the predicate fills a bit per score (bit idx is s[idx]).
+        std::uint64_t keep = 0;
+#pragma unroll 1
+        for (int idx = 0; idx < 64; ++idx) {
+          const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
+          const int x = m0 + tile_row(idx % 4 >= 2 ? 1 : 0);
+          const bool ok = j < Sk && (x >= Sq || me.allows(x, j));
+          keep |= std::uint64_t(ok) << idx;
+        }
+#pragma unroll
+        for (int e = 0; e < 64; ++e)
+          if (((keep >> e) & 1u) == 0) s[e] = kNegInf;
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = kNegInf;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * h], s[4 * nt + 2 * h + 1]));
+        mx = fmaxf(m_run[h], sm80::quad_max(mx) * mul);
+        const float base = mx == kNegInf ? 0.0f : mx;  // a row with nothing allowed yet stays at 0
+        scale_old[h] = exp2f(m_run[h] - base);
+        m_run[h] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+          s[4 * nt + 2 * h] = exp2f(fmaf(s[4 * nt + 2 * h], mul, -base));
+          s[4 * nt + 2 * h + 1] = exp2f(fmaf(s[4 * nt + 2 * h + 1], mul, -base));
+          sum += s[4 * nt + 2 * h] + s[4 * nt + 2 * h + 1];
+        }
+        l_run[h] = l_run[h] * scale_old[h] + sum;
+      }
+    };
+
+    float s[64];
+    std::uint32_t pa[BN / 16][4];
+    float scale_old[2];
+    if constexpr (!kOverlap) {
+      // One tile at a time: S, softmax, P V.
+      for (int t = tiles.next(tiles.t_begin); t < t_end; ++i) {
+        const int t_next = tiles.next(t + 1);
         wait_full(i);
         turn_begin();
         wgmma_fence();
         issue_qk(s, i % kStages);
-        issue_pv(pa, (i - 1) % kStages);
         turn_end();
-        wgmma_wait<1>();  // groups retire in order: S is ready, P V may still run
+        wgmma_wait<0>();
         fence_registers(s);
+        if (t_next >= t_end) release_q();
         softmax(s, t, scale_old);
+        rescale_o(scale_old);
+        pack_p(s, pa);
+        wgmma_fence();
+        issue_pv(pa, i % kStages);
+        wgmma_wait<0>();
+        fence_registers(o);
+        mbar_arrive(bar_empty + 8 * (i % kStages));
+        t = t_next;
+      }
+    } else {
+      // Software-pipelined by one tile: S of tile i is computed on the tensor cores while they
+      // also run P V of tile i - 1, and tile i's softmax overlaps that P V. The output is
+      // rescaled to tile i's row maxima only once P V of tile i - 1 (at the old maxima) is done.
+      int t = tiles.next(tiles.t_begin);
+      if (t < t_end) {
+        int t_next = tiles.next(t + 1);
+        wait_full(i);
+        turn_begin();
+        wgmma_fence();
+        issue_qk(s, i % kStages);
+        turn_end();
+        wgmma_wait<0>();
+        fence_registers(s);
+        if (t_next >= t_end) release_q();
+        softmax(s, t, scale_old);  // o is 0: nothing to rescale
+        pack_p(s, pa);
+        ++i;
+        for (t = t_next; t < t_end; t = t_next, ++i) {
+          t_next = tiles.next(t + 1);
+          wait_full(i);
+          turn_begin();
+          wgmma_fence();
+          issue_qk(s, i % kStages);
+          issue_pv(pa, (i - 1) % kStages);
+          turn_end();
+          wgmma_wait<1>();  // groups retire in order: S is ready, P V may still run
+          fence_registers(s);
+          if (t_next >= t_end) release_q();
+          softmax(s, t, scale_old);
+          wgmma_wait<0>();
+          fence_registers(o);
+          mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
+          rescale_o(scale_old);
+          pack_p(s, pa);
+        }
+        wgmma_fence();
+        issue_pv(pa, (i - 1) % kStages);
         wgmma_wait<0>();
         fence_registers(o);
         mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
-        rescale_o(scale_old);
-        pack_p(s, pa);
       }
-      wgmma_fence();
-      issue_pv(pa, (i - 1) % kStages);
-      wgmma_wait<0>();
-      fence_registers(o);
-      mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
     }
-  }
+    release_q();  // an item without key tiles (every key masked, or an empty split)
 
-  // ---- epilogue ------------------------------------------------------------------------
-  float inv_l[2], lse[2];
+    // ---- epilogue ----------------------------------------------------------------------
+    // Straight from registers: sQ may already hold the next item's Q. Each quad of lanes
+    // writes 16 contiguous bytes of a row per store.
+    float inv_l[2], lse[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float l = sm80::quad_sum(l_run[h]);
-    inv_l[h] = l > 0.0f ? 1.0f / l : 0.0f;
-    lse[h] = l > 0.0f ? (m_run[h] + __log2f(l)) * sm80::kLn2 : kNegInf;
-  }
-  const int Hq = p.heads_q;
-
-  if (params.n_splits > 1) {
+    for (int h = 0; h < 2; ++h) {
+      const float l = sm80::quad_sum(l_run[h]);
+      inv_l[h] = l > 0.0f ? 1.0f / l : 0.0f;
+      lse[h] = l > 0.0f ? (m_run[h] + __log2f(l)) * sm80::kLn2 : kNegInf;
+    }
+    const int Hq = p.heads_q;
+    if (params.n_splits > 1) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int x = m0 + tile_row(h);
+        if (x >= Sq) continue;
+        const std::int64_t row = ((std::int64_t(wk.split) * p.batch + b) * p.seqlen_q + x) * Hq + slot;
+        float* dst = params.o_part + row * D;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt)
+          *reinterpret_cast<float2*>(dst + nt * 8 + lane % 4 * 2) =
+              make_float2(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
+        if (lane % 4 == 0) params.lse_part[row] = lse[h];
+      }
+      continue;
+    }
+    T* out = static_cast<T*>(p.out);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int x = m0 + tile_row(h);
       if (x >= Sq) continue;
-      const std::int64_t row = ((std::int64_t(split) * p.batch + b) * p.seqlen_q + x) * Hq + slot;
-      float* dst = params.o_part + row * D;
+      T* dst = out + sm80::row_offset(p.out_layout, b, x, slot) + lane % 4 * 2;
 #pragma unroll
       for (int nt = 0; nt < D / 8; ++nt)
-        *reinterpret_cast<float2*>(dst + nt * 8 + lane % 4 * 2) =
-            make_float2(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
-      if (lane % 4 == 0) params.lse_part[row] = lse[h];
-    }
-    return;
-  }
-
-  // Stage this warpgroup's 64 rows in its part of sQ (swizzled: conflict-free 4-byte writes
-  // and 16-byte reads) so the global stores are 16-byte and row-contiguous.
-  named_barrier_sync(1 + wg, 128);  // every warp of the group is past its last wgmma on sQ
-  unsigned char* sO = smem;
-#pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = tile_row(h), col = nt * 8 + lane % 4 * 2;
-      *reinterpret_cast<std::uint32_t*>(sO + swizzled(r, col / 8, BM) + (col % 8) * 2) =
-          sm80::pack2<T>(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
-    }
-  named_barrier_sync(1 + wg, 128);
-  T* out = static_cast<T*>(p.out);
-  for (int id = wg_tid; id < 64 * kChunks; id += 128) {
-    const int r = 64 * wg + id / kChunks, c = id % kChunks;
-    const int x = m0 + r;
-    if (x >= Sq) continue;
-    *reinterpret_cast<uint4*>(out + sm80::row_offset(p.out_layout, b, x, slot) + c * 8) =
-        *reinterpret_cast<const uint4*>(sO + swizzled(r, c, BM));
-  }
-  if (p.lse != nullptr && lane % 4 == 0) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int x = m0 + tile_row(h);
-      if (x < Sq) p.lse[sm80::row_offset(p.lse_layout, b, x, slot)] = lse[h];
+        *reinterpret_cast<std::uint32_t*>(dst + nt * 8) =
+            sm80::pack2<T>(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
+      if (p.lse != nullptr && lane % 4 == 0) p.lse[sm80::row_offset(p.lse_layout, b, x, slot)] = lse[h];
     }
   }
 #endif
@@ -485,8 +560,9 @@ void launch_fwd(const FwdParams& params, cudaStream_t stream) {
                       : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, false, false>
                                                  : flash_fwd_sm90_kernel<T, D, true, true>;
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  const unsigned ctas = unsigned(params.m_tiles * params.n_splits * params.slots * params.p.batch);
-  kernel<<<ctas, Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
+  // The work counter starts at 0 for every call (the workspace may hold anything).
+  ATTN_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), stream));
+  kernel<<<unsigned(params.grid_ctas), Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   ATTN_CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
 }
 
