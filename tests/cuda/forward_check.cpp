@@ -392,6 +392,26 @@ std::vector<FwdCase> forward_cases() {
   l.dtype = DType::bf16;
   add(l);
 
+  // The Hopper kernel's persistent grid with few items each: small enough for the sanitizers,
+  // which run it with ATTN_CUDA_FWD_CTAS=2 so that each CTA takes many items (scripts/gpu_check).
+  FwdCase g;
+  g.name = "persistent_d128_gqa3_window";
+  g.batch = 2;
+  g.heads_q = 3;
+  g.heads_kv = 1;
+  g.seqlen_q = 300;
+  g.seqlen_k = 300;
+  g.causal = true;
+  g.window_left = 100;
+  g.small = true;
+  add(g);
+  g.name = "persistent_d128_f16_full";
+  g.dtype = DType::f16;
+  g.causal = false;
+  g.window_left = -1;
+  g.seqlen_q = 200;
+  add(g);
+
   FwdCase s;
   s.name = "qkv_packed_strides";
   s.qkv_packed = true;
