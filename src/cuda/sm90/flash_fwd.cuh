@@ -1,30 +1,39 @@
 // FlashAttention forward for Hopper (sm_90a): wgmma tensor-core matrix multiplies issued by
 // warpgroups, fed by a producer warp through an mbarrier pipeline.
 //
-// One CTA per (128-row query tile, KV split, query head, batch), 3 roles:
+// Persistent: about one CTA per SM, each taking work items (a 128-row query tile of one KV
+// split, query head and batch) from a global counter in cta_work's order until none are left.
+// 3 roles:
 //   warpgroups 0 and 1 (consumers): 64 query rows each. Per key tile: S = Q K^T (wgmma, Q and
 //     K from shared memory), mask and online softmax in registers (log2 domain, as sm80), then
-//     O += P V (wgmma with P from registers, V from shared memory, transposed form).
-//   warpgroup 2 (producer): loads K/V tiles into kStages shared-memory stages, by TMA from one
-//     thread where the rows are padded (FwdParams::tma), otherwise with cp.async from all 128.
+//     O += P V (wgmma with P from registers, V from shared memory, transposed form). The
+//     output goes from registers straight to global memory.
+//   warpgroup 2 (producer): takes the items, and loads each one's Q and K/V tiles (the K/V
+//     into kStages shared-memory stages) by TMA from one thread where the rows are padded
+//     (FwdParams::tma), otherwise with cp.async from all 128. It runs ahead across items.
 // Registers: ptxas sizes a 288-thread CTA like a 384-thread one (168 registers, spills), so
 // the producer is a whole warpgroup that gives its registers to the consumers (setmaxnreg:
-// 40 for the producer, 232 for each consumer thread; the pipelined ping-pong variant spills
-// 4 bytes in the producer at 40, the measured ones do not).
+// 40 for the producer, 232 for each consumer thread; the producer spills 76-80 bytes at 40,
+// in code that runs once per tile; the consumers do not spill).
 // By default the two consumers never wait for each other: while one runs its softmax, the
 // tensor cores may serve the other one's matrix multiplies (see kPingpong for turn-taking).
 //
-// Handshake per stage: `full` (TMA: one arrival that expects the tile's bytes, complete when
-// they have landed; cp.async: 128 arrivals, the producer threads, each once its copies landed
-// and it fenced them for the async proxy that wgmma reads through) and `empty` (256 arrivals:
-// every consumer thread, once its P V multiply stopped reading the stage).
+// Handshakes, each an mbarrier pair:
+//   per stage, `full` (TMA: one arrival that expects the tile's bytes, complete when they
+//   have landed; cp.async: 128 arrivals, the producer threads, each once its copies landed and
+//   it fenced them for the async proxy that wgmma reads through) and `empty` (256 arrivals:
+//   every consumer thread, once its P V multiply stopped reading the stage);
+//   for Q, `q_full` (as `full`; it also publishes the item's index in a shared-memory slot,
+//   -1 when no items are left) and `q_empty` (256 arrivals, once each consumer's last
+//   S = Q K^T of the item has completed, so the next item's Q loads during the last P V and
+//   the epilogue).
 //
 // Shared memory, every tile 128-byte swizzled (see sw128_desc): rows of 64 elements, the
 // columns split into D / 64 blocks of (rows x 128 bytes):
-//   sQ (128 x D)            reused for the output tile in the epilogue
+//   sQ (128 x D)
 //   sK (kStages, 128 x D)
 //   sV (kStages, 128 x Dv)
-//   full[kStages], empty[kStages] (8-byte mbarriers)
+//   full[kStages], empty[kStages], q_full, q_empty (8-byte mbarriers); item slots
 //
 // Covers what the sm80 forward covers for its shapes (every mask, GQA, varlen, paged, soft-cap,
 // LSE, KV splits), except GQA packing: the planner (backend.cpp) sends a problem here when
