@@ -176,7 +176,7 @@ int main(int argc, char** argv) {
     for (const std::string& v : vars) {
       const std::string vk = tk + (v.empty() ? "" : v + " ");
       const double p = median(ms[vk + "paged"]), c = median(ms[vk + "contiguous"]);
-      std::printf("  %-10s paged %7.2f ms %5.1f GB/s %5.1f%% of memcpy | contiguous %7.2f ms %5.1f GB/s | paged/contig "
+      std::printf("  %-10s paged %7.3f ms %5.1f GB/s %5.1f%% of memcpy | contiguous %7.3f ms %5.1f GB/s | paged/contig "
                   "%.2fx   (paged min %.2f max %.2f)\n",
                   v.empty() ? "-" : v.c_str(), p, kv_bytes / p * 1e-6, 100.0 * kv_bytes / p * 1e-6 / copy, c,
                   kv_bytes / c * 1e-6, c / p, *std::min_element(ms[vk + "paged"].begin(), ms[vk + "paged"].end()),
