@@ -3,13 +3,16 @@
 //
 //   cpu_decode_timing [--b B] [--ctx L] [--hq HQ] [--hkv HKV] [--d D] [--page P] [--dtype f16]
 //                     [--rounds N] [--threads "1,2"] [--variants "x,y"] [--no-ceilings]
-//                     [--huge-pages]
+//                     [--huge-pages] [--ordered-pages]
 //
 // Defaults are `attn bench --filter decode`'s row: B16, context 4096, 32 / 8 heads, D 128, f16,
 // pages of 16 handed out in shuffled order. Each round times, for every thread count (and every
 // value of ATTN_DECODE_VARIANT given by --variants, for A/B experiments in the kernels), one
 // paged step, one contiguous step, a memcpy and a read-only pass over 512 MiB; the medians over
 // the rounds are printed. GB/s counts the K / V bytes read once; memcpy counts read + written.
+// --ordered-pages adds a row for the same paged cache read through a block table whose pages
+// are in pool order (sequence b's pages adjacent), separating the cost of scattered pages from
+// the cost of the paged code path.
 
 #include <algorithm>
 #include <chrono>
@@ -68,11 +71,12 @@ __attribute__((target("avx2"))) float sum_avx2(const float* p, std::size_t n) {
 int main(int argc, char** argv) {
   int B = 16, L = 4096, Hq = 32, Hkv = 8, D = 128, page = 16, rounds = 5;
   std::string dtype = "f16", threads_list = "", variants = "";
-  bool no_ceilings = false, huge_pages = false;
+  bool no_ceilings = false, huge_pages = false, ordered_pages = false;
   attn::bench::parse_flags(argc, argv,
                            {{"--b", &B}, {"--ctx", &L}, {"--hq", &Hq}, {"--hkv", &Hkv}, {"--d", &D}, {"--page", &page},
                             {"--dtype", &dtype}, {"--rounds", &rounds}, {"--threads", &threads_list},
-                            {"--variants", &variants}, {"--no-ceilings", &no_ceilings}, {"--huge-pages", &huge_pages}});
+                            {"--variants", &variants}, {"--no-ceilings", &no_ceilings}, {"--huge-pages", &huge_pages},
+                            {"--ordered-pages", &ordered_pages}});
   const attn::DType dt = attn::parse_dtype(dtype);
   std::vector<int> threads;
   for (const std::string& t : split(threads_list)) threads.push_back(std::atoi(t.c_str()));
@@ -102,8 +106,10 @@ int main(int argc, char** argv) {
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), std::mt19937(4));
   std::copy(order.begin(), order.end(), table.as<std::int32_t>());
+  attn::Tensor ordered_table({B, per_seq}, attn::DType::i32);
+  std::iota(ordered_table.as<std::int32_t>(), ordered_table.as<std::int32_t>() + pages, 0);
 
-  attn::KVCacheArgs paged, contiguous;
+  attn::KVCacheArgs paged, contiguous, ordered;
   paged.q = contiguous.q = q;
   paged.out = contiguous.out = out;
   paged.cache_seqlens = contiguous.cache_seqlens = lens;
@@ -112,6 +118,8 @@ int main(int argc, char** argv) {
   paged.block_table = table;
   contiguous.k_cache = ck;
   contiguous.v_cache = cv;
+  ordered = paged;
+  ordered.block_table = ordered_table;
   const std::size_t ws_bytes = std::max(attn::attention_with_kvcache_workspace_size(paged, attn::Backend::cpu),
                                         attn::attention_with_kvcache_workspace_size(contiguous, attn::Backend::cpu));
   attn::Tensor ws({std::int64_t(std::max<std::size_t>(ws_bytes, 1))}, attn::DType::u8);
@@ -152,10 +160,11 @@ int main(int argc, char** argv) {
       }
       for (const std::string& v : vars) {
         if (!v.empty()) setenv("ATTN_DECODE_VARIANT", v.c_str(), 1);
-        for (const bool is_paged : {true, false}) {
-          const attn::KVCacheArgs& a = is_paged ? paged : contiguous;
+        for (const char* row : {"paged", "contiguous", "ordered"}) {
+          if (row[0] == 'o' && !ordered_pages) continue;
+          const attn::KVCacheArgs& a = row[0] == 'p' ? paged : row[0] == 'c' ? contiguous : ordered;
           const double s = timed([&] { attn::attention_with_kvcache(a, {ws.data(), ws_bytes}, attn::Backend::cpu); });
-          if (r > 0) ms[tk + (v.empty() ? "" : v + " ") + (is_paged ? "paged" : "contiguous")].push_back(1e3 * s);
+          if (r > 0) ms[tk + (v.empty() ? "" : v + " ") + row].push_back(1e3 * s);
         }
       }
     }
@@ -181,6 +190,11 @@ int main(int argc, char** argv) {
                   v.empty() ? "-" : v.c_str(), p, kv_bytes / p * 1e-6, 100.0 * kv_bytes / p * 1e-6 / copy, c,
                   kv_bytes / c * 1e-6, c / p, *std::min_element(ms[vk + "paged"].begin(), ms[vk + "paged"].end()),
                   *std::max_element(ms[vk + "paged"].begin(), ms[vk + "paged"].end()));
+      if (ordered_pages) {
+        const double o = median(ms[vk + "ordered"]);
+        std::printf("  %-10s paged, pages in pool order %7.3f ms %5.1f GB/s | its / contiguous %.2fx\n", "", o,
+                    kv_bytes / o * 1e-6, c / o);
+      }
     }
   }
   return 0;
