@@ -451,18 +451,22 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     float s[64];
     std::uint32_t pa[BN / 16][4];
     float scale_old[2];
+    // S of key tile i with no P V beside it; Q is released when it was the item's last S.
+    auto scores_alone = [&](int i, bool last) {
+      wait_full(i);
+      turn_begin();
+      wgmma_fence();
+      issue_qk(s, i % kStages);
+      turn_end();
+      wgmma_wait<0>();
+      fence_registers(s);
+      if (last) release_q();
+    };
     if constexpr (!kOverlap) {
       // One tile at a time: S, softmax, P V.
       for (int t = tiles.next(tiles.t_begin); t < t_end; ++i) {
         const int t_next = tiles.next(t + 1);
-        wait_full(i);
-        turn_begin();
-        wgmma_fence();
-        issue_qk(s, i % kStages);
-        turn_end();
-        wgmma_wait<0>();
-        fence_registers(s);
-        if (t_next >= t_end) release_q();
+        scores_alone(i, t_next >= t_end);
         softmax(s, t, scale_old);
         rescale_o(scale_old);
         pack_p(s, pa);
@@ -480,14 +484,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       int t = tiles.next(tiles.t_begin);
       if (t < t_end) {
         int t_next = tiles.next(t + 1);
-        wait_full(i);
-        turn_begin();
-        wgmma_fence();
-        issue_qk(s, i % kStages);
-        turn_end();
-        wgmma_wait<0>();
-        fence_registers(s);
-        if (t_next >= t_end) release_q();
+        scores_alone(i, t_next >= t_end);
         softmax(s, t, scale_old);  // o is 0: nothing to rescale
         pack_p(s, pa);
         ++i;
