@@ -34,11 +34,11 @@ int current_device_attribute(cudaDeviceAttr attr) {
   return value;
 }
 
-/// The Hopper kernel (wgmma) serves D = Dv = 128 prefill-shaped calls on an sm_90 device when
-/// the build has sm_90a code; ATTN_CUDA_FWD=sm80 forces the sm80 kernel (for comparisons).
+/// The Hopper kernel (wgmma) serves D = Dv = 128 or 64 prefill-shaped calls on an sm_90 device
+/// when the build has sm_90a code; ATTN_CUDA_FWD=sm80 forces the sm80 kernel (for comparisons).
 bool use_sm90_forward(const AttentionProblem& p, int pack, bool tall) {
 #if defined(ATTN_CUDA_HAS_SM90A)
-  if (p.head_dim != 128 || p.head_dim_v != 128 || pack != 1 || !tall) return false;
+  if ((p.head_dim != 128 && p.head_dim != 64) || p.head_dim_v != p.head_dim || pack != 1 || !tall) return false;
   const char* env = std::getenv("ATTN_CUDA_FWD");
   if (env != nullptr && std::strcmp(env, "sm80") == 0) return false;
   return current_device_attribute(cudaDevAttrComputeCapabilityMajor) == 9 &&
@@ -176,10 +176,11 @@ void forward(const AttentionProblem& p, Workspace ws) {
     ATTN_CHECK(ws.data != nullptr && ws.bytes >= plan.workspace_bytes, "workspace: expected at least ",
                plan.workspace_bytes, " bytes, got ", ws.bytes);
     f.work_counter = reinterpret_cast<int*>(static_cast<char*>(ws.data) + plan.counter_offset);
-    if (p.dtype == DType::f16) {
-      launch_flash_fwd_sm90<DType::f16, 128>(f, stream);
+    const bool f16 = p.dtype == DType::f16;
+    if (p.head_dim == 64) {
+      f16 ? launch_flash_fwd_sm90<DType::f16, 64>(f, stream) : launch_flash_fwd_sm90<DType::bf16, 64>(f, stream);
     } else {
-      launch_flash_fwd_sm90<DType::bf16, 128>(f, stream);
+      f16 ? launch_flash_fwd_sm90<DType::f16, 128>(f, stream) : launch_flash_fwd_sm90<DType::bf16, 128>(f, stream);
     }
     if (f.n_splits > 1) launch_fwd_combine(f, stream);
     return;

@@ -119,7 +119,7 @@ inline void place_split_partials(Workspace ws, std::size_t o_part_bytes, std::si
 template <DType dtype, int D, int Dv>
 void launch_flash_fwd(const FwdParams& params, cudaStream_t stream);
 
-/// The Hopper forward (wgmma), one instantiation per dtype at D = Dv = 128, in src/cuda/sm90/*.cu.
+/// The Hopper forward (wgmma), one instantiation per dtype at D = Dv = 128 and 64, in src/cuda/sm90/*.cu.
 template <DType dtype, int D>
 void launch_flash_fwd_sm90(const FwdParams& params, cudaStream_t stream);
 /// Query rows and keys per tile of the Hopper forward (the planner's arithmetic needs them).

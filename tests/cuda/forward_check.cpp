@@ -411,6 +411,14 @@ std::vector<FwdCase> forward_cases() {
   g.window_left = -1;
   g.seqlen_q = 200;
   add(g);
+  g.name = "persistent_d64_causal";  // the Hopper kernel at head dim 64
+  g.dtype = DType::bf16;
+  g.head_dim = 64;
+  g.head_dim_v = 64;
+  g.causal = true;
+  g.seqlen_q = 330;
+  g.seqlen_k = 330;
+  add(g);
 
   FwdCase s;
   s.name = "qkv_packed_strides";

@@ -37,7 +37,7 @@
 //
 // Covers what the sm80 forward covers for its shapes (every mask, GQA, varlen, paged, soft-cap,
 // LSE, KV splits), except GQA packing: the planner (backend.cpp) sends a problem here when
-// the device is sm_90, D = Dv = 128 and the queries fill more than a 64-row tile.
+// the device is sm_90, D = Dv = 128 or 64 and the queries fill more than a 64-row tile.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -61,12 +61,14 @@ template <int D>
 struct Sm90FwdTraits {
   static constexpr int kBlockM = kSm90BlockM;  // query rows per tile: 64 per consumer warpgroup
   static constexpr int kBlockN = kSm90BlockN;  // keys per stage
-  static constexpr int kStages = 3;  // 224 KB with Q: one CTA per SM
+  // D 128: 224 KB with Q, one CTA per SM. D 64: a tile's multiplies take half as long, so one
+  // more stage in flight (144 KB; still one CTA per SM, by registers).
+  static constexpr int kStages = D == 64 ? 4 : 3;
   static constexpr int kConsumers = 2;  // warpgroups
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static_assert(128 * (kProducerRegs + kConsumers * kConsumerRegs) <= 65536, "register file");
-  static_assert(D % 64 == 0, "head dim a multiple of the 64-element swizzle row");
+  static_assert(D == 64 || D == 128, "head dims with an O += P V wgmma (m64n64 / m64n128) and registers for it");
   static constexpr int kTileBytesQ = kBlockM * D * 2;
   static constexpr int kTileBytesK = kBlockN * D * 2;
   static constexpr int kTileBytesV = kBlockN * D * 2;
@@ -323,7 +325,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     }
     wgmma_commit();
   };
-  float o[64];
+  float o[D / 2];  // this thread's share of the warpgroup's 64 x D output
   // O += P V (BN / 16 steps of k16 over the keys; keys 16 kk.. are rows 16 kk.. of each
   // column block, and column blocks are BN rows apart), one wgmma group.
   auto issue_pv = [&](const std::uint32_t (&pa)[BN / 16][4], int stage) {
@@ -331,7 +333,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       const std::uint64_t db = sw128_desc(v_base + kk * 16 * 128, BN * 128, 1024);
-      wgmma_m64n128k16_rs<T>(o, pa[kk], db, 1);
+      if constexpr (D == 128) {
+        wgmma_m64n128k16_rs<T>(o, pa[kk], db, 1);
+      } else {
+        wgmma_m64n64k16_rs<T>(o, pa[kk], db, 1);
+      }
     }
     wgmma_commit();
   };
@@ -386,7 +392,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     };
 
 #pragma unroll
-    for (int e = 0; e < 64; ++e) o[e] = 0.0f;
+    for (int e = 0; e < D / 2; ++e) o[e] = 0.0f;
     float m_run[2] = {kNegInf, kNegInf};
     float l_run[2] = {0.0f, 0.0f};
 

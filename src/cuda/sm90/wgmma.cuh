@@ -237,6 +237,26 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], std::uint64_t
   }
 }
 
+#define ATTN_WGMMA_RS64(TY)                                                                            \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"                                        \
+               "wgmma.mma_async.sync.aligned.m64n64k16.f32." #TY "." #TY " " ATTN_WGMMA_D32_LIST        \
+               ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"                                       \
+               : ATTN_WGMMA_D32                                                                        \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate))
+
+/// d (64 x 64, f32) += A (64 x 16, registers) * B, with B given MN-major (rows are K), as
+/// wgmma_m64n128k16_rs: O += P V at head dim 64.
+template <class T>
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const std::uint32_t (&a)[4], std::uint64_t desc_b,
+                                                   int accumulate) {
+  if constexpr (std::is_same_v<T, __half>) {
+    ATTN_WGMMA_RS64(f16);
+  } else {
+    ATTN_WGMMA_RS64(bf16);
+  }
+}
+
+#undef ATTN_WGMMA_RS64
 #undef ATTN_WGMMA_SS64
 #undef ATTN_WGMMA_D32_LIST
 #undef ATTN_WGMMA_D32
