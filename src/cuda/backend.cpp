@@ -173,8 +173,7 @@ void forward(const AttentionProblem& p, Workspace ws) {
   if (f.n_splits > 1) place_split_partials(ws, plan.o_part_bytes, plan.workspace_bytes, f.o_part, f.lse_part);
   constexpr cudaStream_t stream = nullptr;  // the default stream
   if (f.sm90) {
-    ATTN_CHECK(ws.data != nullptr && ws.bytes >= plan.workspace_bytes, "workspace: expected at least ",
-               plan.workspace_bytes, " bytes, got ", ws.bytes);
+    check_workspace(ws, plan.workspace_bytes);
     f.work_counter = reinterpret_cast<int*>(static_cast<char*>(ws.data) + plan.counter_offset);
     const bool f16 = p.dtype == DType::f16;
     if (p.head_dim == 64) {

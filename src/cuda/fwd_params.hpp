@@ -104,13 +104,18 @@ ATTN_HD CtaWork cta_work(const FwdParams& f, int linear) {
   return {f.m_tiles - 1 - rank / (in_group * f.n_splits), rank % f.n_splits, pair % f.slots, pair / f.slots};
 }
 
+/// The caller's workspace must hold the plan's `workspace_bytes`.
+inline void check_workspace(Workspace ws, std::size_t workspace_bytes) {
+  ATTN_CHECK(ws.data != nullptr && ws.bytes >= workspace_bytes, "workspace: expected at least ", workspace_bytes,
+             " bytes, got ", ws.bytes);
+}
+
 /// Points `o_part` and `lse_part` (the split partials' layout above) into the caller's workspace:
 /// o_part from its start, lse_part `o_part_bytes` in; the workspace must hold `workspace_bytes`.
 /// Shared by the forward's and MLA decode's planners.
 inline void place_split_partials(Workspace ws, std::size_t o_part_bytes, std::size_t workspace_bytes, float*& o_part,
                                  float*& lse_part) {
-  ATTN_CHECK(ws.data != nullptr && ws.bytes >= workspace_bytes, "workspace: expected at least ", workspace_bytes,
-             " bytes, got ", ws.bytes);
+  check_workspace(ws, workspace_bytes);
   o_part = static_cast<float*>(ws.data);
   lse_part = reinterpret_cast<float*>(static_cast<char*>(ws.data) + o_part_bytes);
 }
