@@ -43,6 +43,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "cuda/check.hpp"
 #include "cuda/fwd_params.hpp"
@@ -53,6 +54,26 @@
 #include "mask_eval.hpp"
 
 namespace attn::cuda::sm90 {
+
+#if defined(ATTN_SM90_FWD_TRACE)
+// Development builds only (-DATTN_SM90_FWD_TRACE, see docs/cuda.md "Tracing the Hopper
+// forward"): clock64 stamps of where each of the first CTAs' first items spends its time, into
+// the buffer whose device address the environment variable ATTN_CUDA_TRACE_PTR holds.
+// Per item, kTraceSlots 64-bit slots: see the ATTN_FWD_TRACE calls for what each one is.
+constexpr int kTraceCtas = 8, kTraceItems = 64, kTraceSlots = 32;
+static __device__ unsigned long long* g_fwd_trace;
+#define ATTN_FWD_TRACE(item, slot, value)                                                     \
+  do {                                                                                        \
+    if (g_fwd_trace != nullptr && blockIdx.x < kTraceCtas && (item) < kTraceItems)            \
+      g_fwd_trace[(blockIdx.x * kTraceItems + (item)) * kTraceSlots + (slot)] = (value);       \
+  } while (0)
+#define ATTN_FWD_TRACE_CLOCK() clock64()
+#else
+#define ATTN_FWD_TRACE(item, slot, value) \
+  do {                                    \
+  } while (0)
+#define ATTN_FWD_TRACE_CLOCK() 0ll
+#endif
 
 using detail::MaskEval;
 using detail::TileKind;
@@ -75,9 +96,11 @@ struct Sm90FwdTraits {
   static constexpr int kOffK = kTileBytesQ;
   static constexpr int kOffV = kOffK + kStages * kTileBytesK;
   static constexpr int kOffBars = kOffV + kStages * kTileBytesV;  // full, empty per stage; Q full, Q empty
-  static constexpr int kOffSlots = kOffBars + (2 * kStages + 2) * 8;  // work item slots (ints)
+  // Work item slots (ints): the current item, decoded (kItemSlots), then the cp.async producer's two.
+  static constexpr int kItemSlots = 8;
+  static constexpr int kOffSlots = kOffBars + (2 * kStages + 2) * 8;
   // +1024: the dynamic shared memory base is rounded up to the 1024-byte swizzle atom.
-  static constexpr int kSmemBytes = kOffSlots + 16 + 1024;
+  static constexpr int kSmemBytes = kOffSlots + 4 * (kItemSlots + 4) + 1024;
 };
 
 /// Byte offset of 16-byte chunk `c` (8 elements) of row `r` in a swizzled tile of `rows` rows.
@@ -143,11 +166,22 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   const std::uint32_t sQ = sbase, sK = sbase + Tr::kOffK, sV = sbase + Tr::kOffV;
   const std::uint32_t bar_full = sbase + Tr::kOffBars, bar_empty = bar_full + 8 * kStages;
   const std::uint32_t bar_q_full = bar_empty + 8 * kStages, bar_q_empty = bar_q_full + 8;
-  // The current item's index, written by the producer before it announces that item's Q (-1:
-  // no more items), read by the consumers once that Q has landed.
+  // The current item, written by the producer before it announces that item's Q and read by
+  // the consumers once that Q has landed: its index (-1: no more items), then its Sm90Work,
+  // which the producer has decoded already (cta_work's divisions stay off the consumers' path).
   volatile int* work_slot = reinterpret_cast<int*>(smem + Tr::kOffSlots);
   // The cp.async producer's 128 threads learn each item from thread 0 (two slots, by parity).
-  volatile int* producer_slot = work_slot + 1;
+  volatile int* producer_slot = work_slot + Tr::kItemSlots;
+  auto publish_item = [&](int w, const Sm90Work& wk) {
+    work_slot[0] = w;
+    work_slot[1] = wk.batch;
+    work_slot[2] = wk.slot;
+    work_slot[3] = wk.hk;
+    work_slot[4] = wk.split;
+    work_slot[5] = wk.Sq;
+    work_slot[6] = wk.Sk;
+    work_slot[7] = wk.m0;
+  };
 
   const detail::AttentionProblem& p = params.p;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
@@ -188,14 +222,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       int i = 0;  // K/V tiles issued, across items: tile i sits in stage i % kStages
       for (int n = 0;; ++n) {
         const int w = grab();
+        ATTN_FWD_TRACE(n, 0, ATTN_FWD_TRACE_CLOCK());
+        const Sm90Work wk = sm90_work(params, w < 0 ? 0 : w);
         const auto issue_q = [&] {
           mbar_wait(bar_q_empty, (n & 1) ^ 1);
-          *work_slot = w;
+          ATTN_FWD_TRACE(n, 1, ATTN_FWD_TRACE_CLOCK());
           if (w < 0) {
+            work_slot[0] = w;
             mbar_arrive(bar_q_full);
             return;
           }
-          const Sm90Work wk = sm90_work(params, w);
+          publish_item(w, wk);
           mbar_arrive_expect_tx(bar_q_full, Tr::kTileBytesQ);
 #pragma unroll
           for (int cb = 0; cb < D / 64; ++cb)
@@ -205,7 +242,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
           issue_q();
           return;
         }
-        const Sm90Work wk = sm90_work(params, w);
         const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
         const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
         bool q_issued = false;
@@ -225,6 +261,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
           q_issued = true;
         }
         if (!q_issued) issue_q();
+        ATTN_FWD_TRACE(n, 2, ATTN_FWD_TRACE_CLOCK());
       }
     }
 
@@ -257,11 +294,17 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       if (ptid == 0) producer_slot[n & 1] = grab();
       named_barrier_sync(5, 128);
       const int w = producer_slot[n & 1];
+      const Sm90Work wk = sm90_work(params, w < 0 ? 0 : w);
       const auto issue_q = [&] {
         acquire(bar_q_empty, (n & 1) ^ 1);
-        if (ptid == 0) *work_slot = w;
+        if (ptid == 0) {
+          if (w < 0) {
+            work_slot[0] = w;
+          } else {
+            publish_item(w, wk);
+          }
+        }
         if (w < 0) return;
-        const Sm90Work wk = sm90_work(params, w);
         // Rows past the sequence are zero-filled (finite scores, never stored).
         load_swizzled_rows_async<128, BM, D>(ptid, sQ, q, [&](int r) -> const T* {
           return wk.m0 + r < wk.Sq ? q + sm80::row_offset(p.q_layout, wk.batch, wk.m0 + r, wk.slot) : nullptr;
@@ -274,7 +317,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
         mbar_arrive(bar_q_full);
         return;
       }
-      const Sm90Work wk = sm90_work(params, w);
       const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
       const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
       const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(wk.batch, 0, wk.hk) : k;
@@ -360,7 +402,16 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       pa[kk][3] = sm80::pack2<T>(s[8 * kk + 6], s[8 * kk + 7]);
     }
   };
-  auto wait_full = [&](int i) { mbar_wait(bar_full + 8 * (i % kStages), (i / kStages) & 1); };
+  [[maybe_unused]] long long trace_wait = 0;  // clocks spent waiting for K/V in this item (traced builds)
+  auto wait_full = [&](int i) {
+    [[maybe_unused]] const long long t0 = ATTN_FWD_TRACE_CLOCK();
+    mbar_wait(bar_full + 8 * (i % kStages), (i / kStages) & 1);
+#if defined(ATTN_SM90_FWD_TRACE)
+    trace_wait += clock64() - t0;
+#endif
+  };
+  [[maybe_unused]] const bool tracer = threadIdx.x % 128 == 0;  // one thread per consumer warpgroup stamps
+  [[maybe_unused]] const int trace_base = 3 + 10 * wg;
   // Turn-taking: warpgroup w waits on barrier 3 + w (its 128 threads plus the other group's
   // 128 arrivals), issues, then lets the other group go. Group 1 opens group 0's first turn.
   // Both groups issue the same sequence, so the turns carry over from one item to the next.
@@ -377,9 +428,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   int i = 0;  // K/V tiles consumed, across items, as the producer counts them
   for (int n = 0;; ++n) {
     mbar_wait(bar_q_full, n & 1);
-    const int w = *work_slot;
-    if (w < 0) break;
-    const Sm90Work wk = sm90_work(params, w);
+    if (tracer) ATTN_FWD_TRACE(n, trace_base, ATTN_FWD_TRACE_CLOCK());
+    trace_wait = 0;
+    if (work_slot[0] < 0) break;
+    const Sm90Work wk{work_slot[1], work_slot[2], work_slot[3], work_slot[4], work_slot[5], work_slot[6], work_slot[7]};
     const int b = wk.batch, slot = wk.slot, Sq = wk.Sq, Sk = wk.Sk, m0 = wk.m0;
     const MaskEval me{&p.mask, Sq, Sk, slot};
     const KeyTiles<BN> tiles(me, m0, min(Sq, m0 + BM), wk.split, params.n_splits);
@@ -399,8 +451,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     // Soft-cap, mask and online softmax of tile t's scores (sm80's, on one 16-row m-tile of
     // 128 keys per warp): s becomes P (f32), l_run and m_run move on, and the factor by which
     // the output accumulated so far must be rescaled is returned in scale_old.
-    auto softmax = [&](float (&s)[64], int t, float (&scale_old)[2]) {
-      const TileKind kind = tiles.kind(t);
+    auto softmax = [&](float (&s)[64], int t, TileKind kind, float (&scale_old)[2]) {
       const int n0 = t * BN;
       if (p.softcap > 0.0f) {
 #pragma unroll
@@ -457,23 +508,20 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     float s[64];
     std::uint32_t pa[BN / 16][4];
     float scale_old[2];
-    // S of key tile i with no P V beside it; Q is released when it was the item's last S.
-    auto scores_alone = [&](int i, bool last) {
-      wait_full(i);
-      turn_begin();
-      wgmma_fence();
-      issue_qk(s, i % kStages);
-      turn_end();
-      wgmma_wait<0>();
-      fence_registers(s);
-      if (last) release_q();
-    };
+    if (tracer) ATTN_FWD_TRACE(n, trace_base + 5, ATTN_FWD_TRACE_CLOCK());
     if constexpr (!kOverlap) {
       // One tile at a time: S, softmax, P V.
       for (int t = tiles.next(tiles.t_begin); t < t_end; ++i) {
         const int t_next = tiles.next(t + 1);
-        scores_alone(i, t_next >= t_end);
-        softmax(s, t, scale_old);
+        wait_full(i);
+        turn_begin();
+        wgmma_fence();
+        issue_qk(s, i % kStages);
+        turn_end();
+        wgmma_wait<0>();
+        fence_registers(s);
+        if (t_next >= t_end) release_q();
+        softmax(s, t, tiles.kind(t), scale_old);
         rescale_o(scale_old);
         pack_p(s, pa);
         wgmma_fence();
@@ -487,39 +535,66 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       // Software-pipelined by one tile: S of tile i is computed on the tensor cores while they
       // also run P V of tile i - 1, and tile i's softmax overlaps that P V. The output is
       // rescaled to tile i's row maxima only once P V of tile i - 1 (at the old maxima) is done.
-      int t = tiles.next(tiles.t_begin);
-      if (t < t_end) {
-        int t_next = tiles.next(t + 1);
-        scores_alone(i, t_next >= t_end);
-        softmax(s, t, scale_old);  // o is 0: nothing to rescale
-        pack_p(s, pa);
-        ++i;
-        for (t = t_next; t < t_end; t = t_next, ++i) {
+      // The item's first tile runs the same code with no P V beside it: one copy of the loop
+      // body, whose instructions stay cached from one item to the next (a separate first-tile
+      // copy ran cold once per item; the trace measured it among the per-item costs).
+      bool first = true;
+      for (int t = tiles.next(tiles.t_begin); t < t_end; ++i) {
+        wait_full(i);
+        if (tracer && first) ATTN_FWD_TRACE(n, trace_base + 6, ATTN_FWD_TRACE_CLOCK());
+        turn_begin();
+        if (tracer && first) ATTN_FWD_TRACE(n, trace_base + 7, ATTN_FWD_TRACE_CLOCK());
+        // The tile bookkeeping runs while the multiplies do. Each branch issues and waits for
+        // its own groups (ptxas serializes the multiplies when one wait covers both paths).
+        int t_next;
+        TileKind kind;
+        if (first) {
+          wgmma_fence();
+          issue_qk(s, i % kStages);
+          turn_end();
           t_next = tiles.next(t + 1);
-          wait_full(i);
-          turn_begin();
+          kind = tiles.kind(t);
+          wgmma_wait<0>();
+        } else {
           wgmma_fence();
           issue_qk(s, i % kStages);
           issue_pv(pa, (i - 1) % kStages);
           turn_end();
+          t_next = tiles.next(t + 1);
+          kind = tiles.kind(t);
           wgmma_wait<1>();  // groups retire in order: S is ready, P V may still run
-          fence_registers(s);
-          if (t_next >= t_end) release_q();
-          softmax(s, t, scale_old);
+        }
+        fence_registers(s);
+        if (tracer && first) ATTN_FWD_TRACE(n, trace_base + 1, ATTN_FWD_TRACE_CLOCK());
+        if (t_next >= t_end) release_q();
+        softmax(s, t, kind, scale_old);
+        if (!first) {
           wgmma_wait<0>();
           fence_registers(o);
           mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
-          rescale_o(scale_old);
-          pack_p(s, pa);
+          rescale_o(scale_old);  // the first tile's o is 0: nothing to rescale
         }
+        pack_p(s, pa);
+        first = false;
+        t = t_next;
+      }
+      if (!first) {
         wgmma_fence();
         issue_pv(pa, (i - 1) % kStages);
         wgmma_wait<0>();
         fence_registers(o);
         mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
       }
+      // Nothing is in flight here, but ptxas cannot follow `first` across the loop and would
+      // insert this wait itself (with a warning).
+      wgmma_wait<0>();
     }
     release_q();  // an item without key tiles (every key masked, or an empty split)
+    if (tracer) {
+      ATTN_FWD_TRACE(n, trace_base + 2, ATTN_FWD_TRACE_CLOCK());
+      ATTN_FWD_TRACE(n, trace_base + 4, trace_wait);
+      ATTN_FWD_TRACE(n, 23, tiles.t_end - tiles.t_begin);
+    }
 
     // ---- epilogue ----------------------------------------------------------------------
     // Straight from registers: sQ may already hold the next item's Q. Each quad of lanes
@@ -531,6 +606,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       inv_l[h] = l > 0.0f ? 1.0f / l : 0.0f;
       lse[h] = l > 0.0f ? (m_run[h] + __log2f(l)) * sm80::kLn2 : kNegInf;
     }
+    if (tracer) ATTN_FWD_TRACE(n, trace_base + 8, ATTN_FWD_TRACE_CLOCK());
     const int Hq = p.heads_q;
     if (params.n_splits > 1) {
 #pragma unroll
@@ -545,6 +621,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
               make_float2(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
         if (lane % 4 == 0) params.lse_part[row] = lse[h];
       }
+      if (tracer) ATTN_FWD_TRACE(n, trace_base + 3, ATTN_FWD_TRACE_CLOCK());
       continue;
     }
     T* out = static_cast<T*>(p.out);
@@ -559,6 +636,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
             sm80::pack2<T>(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
       if (p.lse != nullptr && lane % 4 == 0) p.lse[sm80::row_offset(p.lse_layout, b, x, slot)] = lse[h];
     }
+    if (tracer) ATTN_FWD_TRACE(n, trace_base + 3, ATTN_FWD_TRACE_CLOCK());
   }
 #endif
 }
@@ -574,6 +652,13 @@ void launch_fwd(const FwdParams& params, cudaStream_t stream) {
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   // The work counter starts at 0 for every call (the workspace may hold anything).
   ATTN_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), stream));
+#if defined(ATTN_SM90_FWD_TRACE)
+  {
+    const char* env = std::getenv("ATTN_CUDA_TRACE_PTR");
+    unsigned long long* trace = env != nullptr ? reinterpret_cast<unsigned long long*>(std::strtoull(env, nullptr, 10)) : nullptr;
+    ATTN_CUDA_CHECK(cudaMemcpyToSymbolAsync(g_fwd_trace, &trace, sizeof trace, 0, cudaMemcpyHostToDevice, stream));
+  }
+#endif
   kernel<<<unsigned(params.grid_ctas), Tr::kThreads, Tr::kSmemBytes, stream>>>(params);
   ATTN_CUDA_CHECK_LAUNCH("flash_fwd_sm90_kernel");
 }
