@@ -13,8 +13,10 @@
 //     (FwdParams::tma), otherwise with cp.async from all 128. It runs ahead across items.
 // Registers: ptxas sizes a 288-thread CTA like a 384-thread one (168 registers, spills), so
 // the producer is a whole warpgroup that gives its registers to the consumers (setmaxnreg:
-// 40 for the producer, 232 for each consumer thread; the producer spills 76-80 bytes at 40,
-// in code that runs once per tile; the consumers do not spill).
+// 40 for the producer, 232 for each consumer thread: 128 x (40 + 2 x 232) = 168 x 384, all the
+// CTA holds, so setmaxnreg.inc cannot ask for more (it would wait forever). Both spill a
+// little: the producer ~100 bytes, the consumers a few loop-invariant values, ~7 reloads per
+// tile, which ncu showed waiting on L2 at times: the next thing to remove).
 // By default the two consumers never wait for each other: while one runs its softmax, the
 // tensor cores may serve the other one's matrix multiplies (see kPingpong for turn-taking).
 //
@@ -23,10 +25,10 @@
 //   have landed; cp.async: 128 arrivals, the producer threads, each once its copies landed and
 //   it fenced them for the async proxy that wgmma reads through) and `empty` (256 arrivals:
 //   every consumer thread, once its P V multiply stopped reading the stage);
-//   for Q, `q_full` (as `full`; it also publishes the item's index in a shared-memory slot,
-//   -1 when no items are left) and `q_empty` (256 arrivals, once each consumer's last
-//   S = Q K^T of the item has completed, so the next item's Q loads during the last P V and
-//   the epilogue).
+//   for Q, `q_full` (as `full`; it also publishes the item in shared-memory slots: its index,
+//   -1 when no items are left, and its decoded Sm90Work) and `q_empty` (256 arrivals, once
+//   each consumer's last S = Q K^T of the item has completed, so the next item's Q loads
+//   during the last P V and the epilogue).
 //
 // Shared memory, every tile 128-byte swizzled (see sw128_desc): rows of 64 elements, the
 // columns split into D / 64 blocks of (rows x 128 bytes):
