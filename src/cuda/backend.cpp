@@ -108,6 +108,8 @@ Plan plan_forward(const AttentionProblem& p) {
                                      kSm90BlockN) &&
               encode_padded_rows_map(f.tma_q, p.q, p.q_layout, p.dtype, p.batch, p.seqlen_q, p.heads_q, p.head_dim,
                                      kSm90BlockM);
+      f.tma_out = f.tma && encode_padded_rows_map(f.tma_o, p.out, p.out_layout, p.dtype, p.batch, p.seqlen_q,
+                                                  p.heads_q, p.head_dim_v, kSm90BlockM / 2);
     }
   }
   f.block_m = tile.block_m;

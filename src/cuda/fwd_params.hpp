@@ -82,6 +82,11 @@ struct FwdParams {
   int* work_counter = nullptr;
   /// With `tma`, Q comes by TMA too (128-row boxes).
   CUtensorMap tma_q{};
+  /// Hopper kernel: each consumer warpgroup's 64 output rows leave by a TMA store (64-row
+  /// boxes) from shared memory, where the map could be made (the same conditions as Q's);
+  /// otherwise, and for KV splits, the output goes from registers to global memory.
+  bool tma_out = false;
+  CUtensorMap tma_o{};
 };
 
 /// Which work CTA `linear` (its launch index) does. Launch order: groups of pairs_per_group

@@ -81,6 +81,28 @@ __device__ __forceinline__ void tma_load_4d(std::uint32_t dst, const void* map, 
       : "memory");
 }
 
+/// Stores the box at coordinates (c0, c1, c2, c3) of the tensor that `map` describes from
+/// shared memory at `src` (laid out as the map's swizzle says); rows outside the tensor are
+/// not written. Asynchronous: part of this thread's bulk group (bulk_commit, bulk_wait_read
+/// before `src` is written again). The writes must have been made visible to the async proxy
+/// (fence_proxy_async, then a barrier with the writers).
+__device__ __forceinline__ void tma_store_4d(const void* map, std::uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<std::uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+
+/// Stores four 8 x 8 matrices of 16-bit elements from the warp's registers: register j of
+/// lane l holds row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 of matrix j (mma's C layout),
+/// and lanes 8 j .. 8 j + 7 give the shared addresses of matrix j's rows 0 .. 7 (16 bytes each).
+__device__ __forceinline__ void stmatrix_x4(std::uint32_t addr, std::uint32_t r0, std::uint32_t r1, std::uint32_t r2,
+                                            std::uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+
 /// Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from global memory to
 /// shared memory at `dst`; the landed bytes complete transactions on barrier `bar`.
 __device__ __forceinline__ void bulk_load(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
