@@ -55,6 +55,11 @@ struct KeyTiles {
     }
   }
 
+  /// The range another thread computed with the constructor above (the Hopper forward's
+  /// producer publishes it with each item): t_begin is then the first tile that is not empty.
+  __device__ KeyTiles(const detail::MaskEval& eval, int rows_lo, int rows_hi, int first, int end, int from, int to)
+      : me(eval), i_lo(rows_lo), i_hi(rows_hi), t_begin(first), t_end(end), full_from(from), full_to(to) {}
+
   __device__ detail::TileKind kind(int t) const {
     if (full_from <= full_to) return t >= full_from && t < full_to ? detail::TileKind::full : detail::TileKind::partial;
     return me.classify(i_lo, i_hi, t * BN, min(me.seqlen_k, (t + 1) * BN));

@@ -98,8 +98,9 @@ struct Sm90FwdTraits {
   static constexpr int kOffK = kTileBytesQ;
   static constexpr int kOffV = kOffK + kStages * kTileBytesK;
   static constexpr int kOffBars = kOffV + kStages * kTileBytesV;  // full, empty per stage; Q full, Q empty
-  // Work item slots (ints): the current item, decoded (kItemSlots), then the cp.async producer's two.
-  static constexpr int kItemSlots = 8;
+  // Work item slots (ints): the current item, decoded, with its key tiles (kItemSlots), then
+  // the cp.async producer's two.
+  static constexpr int kItemSlots = 12;
   static constexpr int kOffSlots = kOffBars + (2 * kStages + 2) * 8;
   // +1024: the dynamic shared memory base is rounded up to the 1024-byte swizzle atom.
   static constexpr int kSmemBytes = kOffSlots + 4 * (kItemSlots + 4) + 1024;
@@ -174,7 +175,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   volatile int* work_slot = reinterpret_cast<int*>(smem + Tr::kOffSlots);
   // The cp.async producer's 128 threads learn each item from thread 0 (two slots, by parity).
   volatile int* producer_slot = work_slot + Tr::kItemSlots;
-  auto publish_item = [&](int w, const Sm90Work& wk) {
+  // Its key tiles too: the first that is not empty, the end, and the full range (KeyTiles).
+  auto publish_item = [&](int w, const Sm90Work& wk, const KeyTiles<Tr::kBlockN>& tiles) {
     work_slot[0] = w;
     work_slot[1] = wk.batch;
     work_slot[2] = wk.slot;
@@ -183,6 +185,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     work_slot[5] = wk.Sq;
     work_slot[6] = wk.Sk;
     work_slot[7] = wk.m0;
+    work_slot[8] = tiles.next(tiles.t_begin);
+    work_slot[9] = tiles.t_end;
+    work_slot[10] = tiles.full_from;
+    work_slot[11] = tiles.full_to;
   };
 
   const detail::AttentionProblem& p = params.p;
@@ -226,6 +232,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
         const int w = grab();
         ATTN_FWD_TRACE(n, 0, ATTN_FWD_TRACE_CLOCK());
         const Sm90Work wk = sm90_work(params, w < 0 ? 0 : w);
+        const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
+        const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
         const auto issue_q = [&] {
           mbar_wait(bar_q_empty, (n & 1) ^ 1);
           ATTN_FWD_TRACE(n, 1, ATTN_FWD_TRACE_CLOCK());
@@ -234,7 +242,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
             mbar_arrive(bar_q_full);
             return;
           }
-          publish_item(w, wk);
+          publish_item(w, wk, tiles);
           mbar_arrive_expect_tx(bar_q_full, Tr::kTileBytesQ);
 #pragma unroll
           for (int cb = 0; cb < D / 64; ++cb)
@@ -244,8 +252,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
           issue_q();
           return;
         }
-        const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
-        const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
         bool q_issued = false;
         for (int t = tiles.next(tiles.t_begin); t < tiles.t_end; t = tiles.next(t + 1), ++i) {
           const int stage = i % kStages;
@@ -297,13 +303,15 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       named_barrier_sync(5, 128);
       const int w = producer_slot[n & 1];
       const Sm90Work wk = sm90_work(params, w < 0 ? 0 : w);
+      const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
+      const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
       const auto issue_q = [&] {
         acquire(bar_q_empty, (n & 1) ^ 1);
         if (ptid == 0) {
           if (w < 0) {
             work_slot[0] = w;
           } else {
-            publish_item(w, wk);
+            publish_item(w, wk, tiles);
           }
         }
         if (w < 0) return;
@@ -319,8 +327,6 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
         mbar_arrive(bar_q_full);
         return;
       }
-      const MaskEval me{&p.mask, wk.Sq, wk.Sk, wk.slot};
-      const KeyTiles<BN> tiles(me, wk.m0, min(wk.Sq, wk.m0 + BM), wk.split, params.n_splits);
       const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(wk.batch, 0, wk.hk) : k;
       const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(wk.batch, 0, wk.hk) : v;
       bool q_issued = false;
@@ -440,7 +446,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     const Sm90Work wk{work_slot[1], work_slot[2], work_slot[3], work_slot[4], work_slot[5], work_slot[6], work_slot[7]};
     const int b = wk.batch, slot = wk.slot, Sq = wk.Sq, Sk = wk.Sk, m0 = wk.m0;
     const MaskEval me{&p.mask, Sq, Sk, slot};
-    const KeyTiles<BN> tiles(me, m0, min(Sq, m0 + BM), wk.split, params.n_splits);
+    const KeyTiles<BN> tiles(me, m0, min(Sq, m0 + BM), work_slot[8], work_slot[9], work_slot[10], work_slot[11]);
     const int t_end = tiles.t_end;
     bool q_released = false;
     // Q is free for the next item once this warpgroup's last S = Q K^T has completed.
@@ -518,7 +524,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     if (tracer) ATTN_FWD_TRACE(n, trace_base + 5, ATTN_FWD_TRACE_CLOCK());
     if constexpr (!kOverlap) {
       // One tile at a time: S, softmax, P V.
-      for (int t = tiles.next(tiles.t_begin); t < t_end; ++i) {
+      for (int t = tiles.t_begin; t < t_end; ++i) {
         const int t_next = tiles.next(t + 1);
         wait_full(i);
         turn_begin();
@@ -545,7 +551,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       // The item's first tile runs the same code with no P V beside it: one copy of the loop
       // body, whose instructions stay cached from one item to the next (a separate first-tile
       // copy ran cold once per item; the trace measured it among the per-item costs).
-      for (int t = tiles.next(tiles.t_begin); t < t_end; ++i) {
+      for (int t = tiles.t_begin; t < t_end; ++i) {
         wait_full(i);
         if (tracer && first) ATTN_FWD_TRACE(n, trace_base + 6, ATTN_FWD_TRACE_CLOCK());
         turn_begin();
