@@ -81,6 +81,15 @@ __device__ __forceinline__ void tma_load_4d(std::uint32_t dst, const void* map, 
       : "memory");
 }
 
+/// Starts moving the box at coordinates (c0, c1, c2, c3) of the tensor that `map` describes
+/// into L2, so that a later tma_load_4d of it finds it there; nothing waits for it.
+__device__ __forceinline__ void tma_prefetch_l2_4d(const void* map, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\n" ::"l"(
+                   reinterpret_cast<std::uint64_t>(map)),
+               "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+
 /// Stores the box at coordinates (c0, c1, c2, c3) of the tensor that `map` describes from
 /// shared memory at `src` (laid out as the map's swizzle says); rows outside the tensor are
 /// not written. Asynchronous: part of this thread's bulk group (bulk_commit, bulk_wait_read
