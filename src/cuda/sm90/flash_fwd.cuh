@@ -7,10 +7,12 @@
 //   warpgroups 0 and 1 (consumers): 64 query rows each. Per key tile: S = Q K^T (wgmma, Q and
 //     K from shared memory), mask and online softmax in registers (log2 domain, as sm80), then
 //     O += P V (wgmma with P from registers, V from shared memory, transposed form). The
-//     output goes from registers straight to global memory.
+//     output goes into the K half of the item's last stage (stmatrix) and leaves by a TMA
+//     store where the rows are padded (FwdParams::tma_out), otherwise from registers.
 //   warpgroup 2 (producer): takes the items, and loads each one's Q and K/V tiles (the K/V
 //     into kStages shared-memory stages) by TMA from one thread where the rows are padded
-//     (FwdParams::tma), otherwise with cp.async from all 128. It runs ahead across items.
+//     (FwdParams::tma), otherwise with cp.async from all 128. It runs ahead across items, and
+//     publishes each one decoded, with its key-tile range, beside its Q.
 // Registers: ptxas sizes a 288-thread CTA like a 384-thread one (168 registers, spills), so
 // the producer is a whole warpgroup that gives its registers to the consumers (setmaxnreg:
 // 40 for the producer, 232 for each consumer thread: 128 x (40 + 2 x 232) = 168 x 384, all the
@@ -26,14 +28,17 @@
 //   it fenced them for the async proxy that wgmma reads through) and `empty` (256 arrivals:
 //   every consumer thread, once its P V multiply stopped reading the stage);
 //   for Q, `q_full` (as `full`; it also publishes the item in shared-memory slots: its index,
-//   -1 when no items are left, and its decoded Sm90Work) and `q_empty` (256 arrivals, once
-//   each consumer's last S = Q K^T of the item has completed, so the next item's Q loads
-//   during the last P V and the epilogue).
+//   -1 when no items are left, its decoded Sm90Work and its key tiles) and `q_empty` (256
+//   arrivals, once each consumer's last S = Q K^T of the item has completed, so the next
+//   item's Q loads during the last P V and the epilogue; the consumers wait on it too before
+//   they write the output over the last stage's K).
+//   With the staged output, the last stage's `empty` gets its arrivals once the output has
+//   been read out of it (one thread per warpgroup waits for its TMA store's read).
 //
 // Shared memory, every tile 128-byte swizzled (see sw128_desc): rows of 64 elements, the
 // columns split into D / 64 blocks of (rows x 128 bytes):
 //   sQ (128 x D)
-//   sK (kStages, 128 x D)
+//   sK (kStages, 128 x D)      (an item's last one also takes its output, 128 x Dv, Dv = D)
 //   sV (kStages, 128 x Dv)
 //   full[kStages], empty[kStages], q_full, q_empty (8-byte mbarriers); item slots
 //
@@ -615,8 +620,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     }
 
     // ---- epilogue ----------------------------------------------------------------------
-    // Straight from registers: sQ may already hold the next item's Q. Each quad of lanes
-    // writes 16 contiguous bytes of a row per store.
+    // Staged in shared memory and stored by TMA where the map exists (below); otherwise straight
+    // from registers (sQ may already hold the next item's Q), each quad of lanes writing 16
+    // contiguous bytes of a row per store.
     float inv_l[2], lse[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
