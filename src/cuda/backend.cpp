@@ -183,17 +183,16 @@ void forward(const AttentionProblem& p, Workspace ws) {
     } else {
       f16 ? launch_flash_fwd_sm90<DType::f16, 128>(f, stream) : launch_flash_fwd_sm90<DType::bf16, 128>(f, stream);
     }
-    if (f.n_splits > 1) launch_fwd_combine(f, stream);
-    return;
+  } else {
+    with_head_dims(p.head_dim, p.head_dim_v, "the cuda backend", [&]<int D, int Dv>() {
+      if (p.dtype == DType::f16) {
+        launch_flash_fwd<DType::f16, D, Dv>(f, stream);
+      } else {
+        launch_flash_fwd<DType::bf16, D, Dv>(f, stream);
+      }
+    });
   }
-  with_head_dims(p.head_dim, p.head_dim_v, "the cuda backend", [&]<int D, int Dv>() {
-    if (p.dtype == DType::f16) {
-      launch_flash_fwd<DType::f16, D, Dv>(f, stream);
-    } else {
-      launch_flash_fwd<DType::bf16, D, Dv>(f, stream);
-    }
-  });
-  if (f.n_splits > 1) launch_fwd_combine(f, stream);
+  if (f.n_splits > 1) launch_fwd_combine(f, stream);  // the KV splits' partials, through their lse
 }
 
 std::size_t backward_workspace_size(const detail::BackwardProblem& p) { return flash_backward_workspace_size(p); }
