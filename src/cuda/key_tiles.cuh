@@ -18,7 +18,9 @@ template <int BN>
 struct KeyTiles {
   const detail::MaskEval& me;
   int i_lo, i_hi;
-  int t_begin, t_end;  ///< this split's tiles [t_begin, t_end), empty ones included
+  /// This split's tiles [t_begin, t_end), empty ones included, except that t_begin is the
+  /// first that is not empty (t_end when none is).
+  int t_begin, t_end;
   /// Tiles [full_from, full_to) are full and the others partial, or, where full_from >
   /// full_to, each tile is classified by MaskEval::classify. Without a mask the range covers
   /// every tile; for interval masks (causal, windows) it is computed once here, so that a
@@ -53,10 +55,11 @@ struct KeyTiles {
       full_from = 1;
       full_to = 0;
     }
+    t_begin = next(t_begin);
   }
 
   /// The range another thread computed with the constructor above (the Hopper forward's
-  /// producer publishes it with each item): t_begin is then the first tile that is not empty.
+  /// producer publishes it with each item).
   __device__ KeyTiles(const detail::MaskEval& eval, int rows_lo, int rows_hi, int first, int end, int from, int to)
       : me(eval), i_lo(rows_lo), i_hi(rows_hi), t_begin(first), t_end(end), full_from(from), full_to(to) {}
 

@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(kFwdThreads, 2) flash_fwd_kernel(const __grid_
   // One cp.async group per visited tile, committed in visiting order after Q's (empty groups
   // past the last tile keep the count): the prologue puts kStages - 1 tiles in flight.
   constexpr int kStages = Tr::kStages;
-  int t = next_tile(t_begin);
+  int t = t_begin;
   int t_issue = t;  // next tile to load
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {

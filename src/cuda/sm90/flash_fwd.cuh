@@ -133,11 +133,13 @@ __device__ __forceinline__ void load_swizzled_rows_async(int tid, std::uint32_t 
 struct Sm90Work {
   int batch, slot, hk, split, Sq, Sk, m0;
 };
-__device__ __forceinline__ Sm90Work sm90_work(const FwdParams& params, int w) {
-  const CtaWork cw = cta_work(params, w);
+__device__ __forceinline__ Sm90Work sm90_work(const FwdParams& params, const CtaWork& cw) {
   const detail::AttentionProblem& p = params.p;
   return {cw.batch, cw.slot, cw.slot / p.group_size(), cw.split, p.seqlen_q_of(cw.batch), p.seqlen_k_of(cw.batch),
           cw.m_tile * kSm90BlockM};
+}
+__device__ __forceinline__ Sm90Work sm90_work(const FwdParams& params, int w) {
+  return sm90_work(params, cta_work(params, w));
 }
 
 /// kOverlap: the software-pipelined consumer loop (S of tile i beside P V of tile i - 1);
@@ -190,7 +192,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     work_slot[5] = wk.Sq;
     work_slot[6] = wk.Sk;
     work_slot[7] = wk.m0;
-    work_slot[8] = tiles.next(tiles.t_begin);
+    work_slot[8] = tiles.t_begin;
     work_slot[9] = tiles.t_end;
     work_slot[10] = tiles.full_from;
     work_slot[11] = tiles.full_to;
@@ -218,12 +220,13 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     // ---- producer ----------------------------------------------------------------------
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Tr::kProducerRegs));
     const int ptid = int(threadIdx.x) - 128 * Tr::kConsumers;
-    // The next item with query rows (packed batches have fewer tiles in short sequences), or -1.
-    auto grab = [&]() -> int {
+    // The next item with query rows (packed batches have fewer tiles in short sequences), or -1;
+    // `cw` becomes its CtaWork.
+    auto grab = [&](CtaWork& cw) -> int {
       for (;;) {
         const int w = atomicAdd(params.work_counter, 1);
         if (w >= params.total_works) return -1;
-        const CtaWork cw = cta_work(params, w);
+        cw = cta_work(params, w);
         if (cw.m_tile * BM < p.seqlen_q_of(cw.batch)) return w;
       }
     };
@@ -234,9 +237,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       if (ptid != 0) return;
       int i = 0;  // K/V tiles issued, across items: tile i sits in stage i % kStages
       for (int n = 0;; ++n) {
-        const int w = grab();
+        CtaWork cw;
+        const int w = grab(cw);
         ATTN_FWD_TRACE(n, 0, ATTN_FWD_TRACE_CLOCK());
-        const Sm90Work wk = sm90_work(params, w < 0 ? 0 : w);
+        const Sm90Work wk = w < 0 ? sm90_work(params, 0) : sm90_work(params, cw);
         // Q is loaded only once the consumers release the previous one, a few thousand clocks
         // before they need it: from DRAM that is not enough (the trace measured ~6700 clocks
         // from the load's issue to the consumers' start on window 256), from L2 it is closer.
@@ -263,7 +267,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
           return;
         }
         bool q_issued = false;
-        for (int t = tiles.next(tiles.t_begin); t < tiles.t_end; t = tiles.next(t + 1), ++i) {
+        for (int t = tiles.t_begin; t < tiles.t_end; t = tiles.next(t + 1), ++i) {
           const int stage = i % kStages;
           mbar_wait(bar_empty + 8 * stage, ((i / kStages) & 1) ^ 1);
           const std::uint32_t full = bar_full + 8 * stage;
@@ -309,7 +313,10 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     };
     int i = 0;
     for (int n = 0;; ++n) {
-      if (ptid == 0) producer_slot[n & 1] = grab();
+      if (ptid == 0) {
+        CtaWork cw;
+        producer_slot[n & 1] = grab(cw);  // the other threads decode the item themselves
+      }
       named_barrier_sync(5, 128);
       const int w = producer_slot[n & 1];
       const Sm90Work wk = sm90_work(params, w < 0 ? 0 : w);
@@ -340,7 +347,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       const T* k_row0 = p.k_layout.block_table == nullptr ? k + p.k_layout.offset(wk.batch, 0, wk.hk) : k;
       const T* v_row0 = p.v_layout.block_table == nullptr ? v + p.v_layout.offset(wk.batch, 0, wk.hk) : v;
       bool q_issued = false;
-      for (int t = tiles.next(tiles.t_begin); t < tiles.t_end; t = tiles.next(t + 1), ++i) {
+      for (int t = tiles.t_begin; t < tiles.t_end; t = tiles.next(t + 1), ++i) {
         const int stage = i % kStages;
         acquire(bar_empty + 8 * stage, ((i / kStages) & 1) ^ 1);
         // Rows past Sk are zero-filled: V must be finite where P is 0.
@@ -631,6 +638,23 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       lse[h] = l > 0.0f ? (m_run[h] + __log2f(l)) * sm80::kLn2 : kNegInf;
     }
     if (tracer) ATTN_FWD_TRACE(n, trace_base + 8, ATTN_FWD_TRACE_CLOCK());
+    const int Hq = p.heads_q;
+    if (params.n_splits > 1) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int x = m0 + tile_row(h);
+        if (x >= Sq) continue;
+        const std::int64_t row = ((std::int64_t(wk.split) * p.batch + b) * p.seqlen_q + x) * Hq + slot;
+        float* dst = params.o_part + row * D;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; ++nt)
+          *reinterpret_cast<float2*>(dst + nt * 8 + lane % 4 * 2) =
+              make_float2(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
+        if (lane % 4 == 0) params.lse_part[row] = lse[h];
+      }
+      if (tracer) ATTN_FWD_TRACE(n, trace_base + 3, ATTN_FWD_TRACE_CLOCK());
+      continue;
+    }
     if (stage_out && !first) {
       // Through shared memory and a TMA store, so the consumers do not wait for 16 KB of
       // scattered 4-byte stores per warpgroup (the trace measured ~2100 clocks an item). The
@@ -660,44 +684,25 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
         bulk_wait_read<0>();
       }
       mbar_arrive(bar_empty + 8 * stage);
-      if (p.lse != nullptr && lane % 4 == 0) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int x = m0 + tile_row(h);
-          if (x < Sq) p.lse[sm80::row_offset(p.lse_layout, b, x, slot)] = lse[h];
-        }
-      }
-      if (tracer) ATTN_FWD_TRACE(n, trace_base + 3, ATTN_FWD_TRACE_CLOCK());
-      continue;
-    }
-    const int Hq = p.heads_q;
-    if (params.n_splits > 1) {
+    } else {
+      T* out = static_cast<T*>(p.out);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int x = m0 + tile_row(h);
         if (x >= Sq) continue;
-        const std::int64_t row = ((std::int64_t(wk.split) * p.batch + b) * p.seqlen_q + x) * Hq + slot;
-        float* dst = params.o_part + row * D;
+        T* dst = out + sm80::row_offset(p.out_layout, b, x, slot) + lane % 4 * 2;
 #pragma unroll
         for (int nt = 0; nt < D / 8; ++nt)
-          *reinterpret_cast<float2*>(dst + nt * 8 + lane % 4 * 2) =
-              make_float2(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
-        if (lane % 4 == 0) params.lse_part[row] = lse[h];
+          *reinterpret_cast<std::uint32_t*>(dst + nt * 8) =
+              sm80::pack2<T>(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
       }
-      if (tracer) ATTN_FWD_TRACE(n, trace_base + 3, ATTN_FWD_TRACE_CLOCK());
-      continue;
     }
-    T* out = static_cast<T*>(p.out);
+    if (p.lse != nullptr && lane % 4 == 0) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int x = m0 + tile_row(h);
-      if (x >= Sq) continue;
-      T* dst = out + sm80::row_offset(p.out_layout, b, x, slot) + lane % 4 * 2;
-#pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt)
-        *reinterpret_cast<std::uint32_t*>(dst + nt * 8) =
-            sm80::pack2<T>(o[4 * nt + 2 * h] * inv_l[h], o[4 * nt + 2 * h + 1] * inv_l[h]);
-      if (p.lse != nullptr && lane % 4 == 0) p.lse[sm80::row_offset(p.lse_layout, b, x, slot)] = lse[h];
+      for (int h = 0; h < 2; ++h) {
+        const int x = m0 + tile_row(h);
+        if (x < Sq) p.lse[sm80::row_offset(p.lse_layout, b, x, slot)] = lse[h];
+      }
     }
     if (tracer) ATTN_FWD_TRACE(n, trace_base + 3, ATTN_FWD_TRACE_CLOCK());
   }
