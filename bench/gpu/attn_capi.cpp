@@ -1,10 +1,12 @@
 // A C ABI over the CUDA forward for bench/gpu_bench.py (ctypes): the benchmark times attn and
 // the PyTorch peers in one process, on the same torch-allocated tensors and CUDA events.
 //
-// q and out are contiguous (B, Sq, Hq, D[v]). K and V are contiguous (B, Sk, Hk, D[v]), or
-// page pools (num_pages, page_size, Hk, D[v]) when block_table is set ((B, block_table_stride)
-// page ids, with per-sequence lengths in seqlens_k). Every call returns 0 on success, else -1
-// with the message in attn_last_error().
+// q and out are (B, Sq, Hq, D[v]), K and V (B, Sk, Hk, D[v]): contiguous, or with the batch,
+// token and head strides given in `strides` (elements; the last dimension is contiguous), e.g.
+// the transposed views of (B, H, S, D) storage. K and V may instead be page pools (num_pages,
+// page_size, Hk, D[v]) when block_table is set ((B, block_table_stride) page ids, with
+// per-sequence lengths in seqlens_k). Every call returns 0 on success, else -1 with the
+// message in attn_last_error().
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -29,6 +31,9 @@ struct AttnFwdDesc {
   const std::int32_t* seqlens_k;  ///< optional
   int causal, window_left, window_right;
   float scale, softcap;
+  /// Batch, token and head strides of q, k, v, out (in that order), in elements; a row of
+  /// zeros means contiguous. Ignored for k and v page pools.
+  std::int64_t strides[4][3];
 };
 
 }  // extern "C"
@@ -65,6 +70,13 @@ attn::detail::AttentionProblem problem_of(const AttnFwdDesc& d) {
   p.v = d.v;
   p.k_layout = padded(d.seqlen_k, d.heads_kv, d.head_dim);
   p.v_layout = padded(d.seqlen_k, d.heads_kv, d.head_dim_v);
+  for (auto [layout, st] : {std::pair{&p.q_layout, d.strides[0]}, std::pair{&p.k_layout, d.strides[1]},
+                            std::pair{&p.v_layout, d.strides[2]}, std::pair{&p.out_layout, d.strides[3]}}) {
+    if (st[0] == 0 && st[1] == 0 && st[2] == 0) continue;
+    layout->batch_stride = st[0];
+    layout->token_stride = st[1];
+    layout->head_stride = st[2];
+  }
   if (d.block_table != nullptr) {
     for (auto [layout, dim] : {std::pair{&p.k_layout, d.head_dim}, std::pair{&p.v_layout, d.head_dim_v}}) {
       layout->batch_stride = 0;
