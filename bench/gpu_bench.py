@@ -216,7 +216,7 @@ def bench_prefill(attn, head_dim, causal, rows, peers_only=None, variants=("sm90
         reference = sdpa_peer([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], q, k, v,
                               causal)()
         peers.append(("attn", lambda: ours, rel_err(ours[0](), reference)))
-        if head_dim in (64, 128):
+        if head_dim in (64, 128, 256):
             # The sm80 (mma.sync) kernel on the same inputs, where the Hopper one is the default.
             sm80 = [with_env(fn, "ATTN_CUDA_FWD", "sm80") for fn in ours]
             peers.append(("attn-sm80", lambda: sm80, rel_err(sm80[0](), reference)))

@@ -34,17 +34,20 @@ int current_device_attribute(cudaDeviceAttr attr) {
   return value;
 }
 
-/// The Hopper kernel (wgmma) serves D = Dv = 128 or 64 prefill-shaped calls on an sm_90 device
-/// when the build has sm_90a code; ATTN_CUDA_FWD=sm80 forces the sm80 kernel (for comparisons).
-bool use_sm90_forward(const AttentionProblem& p, int pack, bool tall) {
+/// The Hopper kernel (wgmma) serves D = Dv = 64, 128 or 256 prefill-shaped calls on an sm_90
+/// device when the build has sm_90a code; ATTN_CUDA_FWD=sm80 forces the sm80 kernel (for
+/// comparisons).
+/// `long_queries`: the queries fill more than one short (64-row) tile.
+bool use_sm90_forward(const AttentionProblem& p, int pack, bool long_queries) {
 #if defined(ATTN_CUDA_HAS_SM90A)
-  if ((p.head_dim != 128 && p.head_dim != 64) || p.head_dim_v != p.head_dim || pack != 1 || !tall) return false;
+  const bool dims = p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256;
+  if (!dims || p.head_dim_v != p.head_dim || pack != 1 || !long_queries) return false;
   const char* env = std::getenv("ATTN_CUDA_FWD");
   if (env != nullptr && std::strcmp(env, "sm80") == 0) return false;
   return current_device_attribute(cudaDevAttrComputeCapabilityMajor) == 9 &&
          current_device_attribute(cudaDevAttrComputeCapabilityMinor) == 0;
 #else
-  (void)p, (void)pack, (void)tall;
+  (void)p, (void)pack, (void)long_queries;
   return false;
 #endif
 }
@@ -84,11 +87,13 @@ Plan plan_forward(const AttentionProblem& p) {
   f.pack = G > 1 && one_layout && std::int64_t(p.seqlen_q) * G <= short_tile.block_m ? G : 1;
   // Tall tiles only where the queries fill more than one short tile: a decode or short
   // prefill would leave most of the taller tile empty.
-  const bool tall = fwd_has_tall_tile(p.head_dim) && std::int64_t(p.seqlen_q) * f.pack > short_tile.block_m;
+  const bool long_queries = std::int64_t(p.seqlen_q) * f.pack > short_tile.block_m;
+  const bool tall = fwd_has_tall_tile(p.head_dim) && long_queries;
   FwdTile tile = fwd_tile(p.head_dim, tall);
-  f.sm90 = use_sm90_forward(p, f.pack, tall);
+  f.sm90 = use_sm90_forward(p, f.pack, long_queries);
   if (f.sm90) {
-    tile = FwdTile{128, kSm90BlockN, 3};
+    const int block_n = sm90_block_n(p.head_dim);
+    tile = FwdTile{kSm90BlockM, block_n, 3};
     const char* env = std::getenv("ATTN_CUDA_FWD");
     if (env != nullptr) {
       f.sm90_variant = std::strcmp(env, "sm90-pipe") == 0       ? 1
@@ -103,9 +108,9 @@ Plan plan_forward(const AttentionProblem& p) {
     // never stored.
     if (p.seqlens_k == nullptr && tma_allowed()) {
       f.tma = encode_padded_rows_map(f.tma_k, p.k, p.k_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim,
-                                     kSm90BlockN) &&
+                                     block_n) &&
               encode_padded_rows_map(f.tma_v, p.v, p.v_layout, p.dtype, p.batch, p.seqlen_k, p.heads_kv, p.head_dim_v,
-                                     kSm90BlockN) &&
+                                     block_n) &&
               encode_padded_rows_map(f.tma_q, p.q, p.q_layout, p.dtype, p.batch, p.seqlen_q, p.heads_q, p.head_dim,
                                      kSm90BlockM);
       f.tma_out = f.tma && encode_padded_rows_map(f.tma_o, p.out, p.out_layout, p.dtype, p.batch, p.seqlen_q,
@@ -180,8 +185,10 @@ void forward(const AttentionProblem& p, Workspace ws) {
     const bool f16 = p.dtype == DType::f16;
     if (p.head_dim == 64) {
       f16 ? launch_flash_fwd_sm90<DType::f16, 64>(f, stream) : launch_flash_fwd_sm90<DType::bf16, 64>(f, stream);
-    } else {
+    } else if (p.head_dim == 128) {
       f16 ? launch_flash_fwd_sm90<DType::f16, 128>(f, stream) : launch_flash_fwd_sm90<DType::bf16, 128>(f, stream);
+    } else {
+      f16 ? launch_flash_fwd_sm90<DType::f16, 256>(f, stream) : launch_flash_fwd_sm90<DType::bf16, 256>(f, stream);
     }
   } else {
     with_head_dims(p.head_dim, p.head_dim_v, "the cuda backend", [&]<int D, int Dv>() {

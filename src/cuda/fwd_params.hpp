@@ -129,12 +129,14 @@ inline void place_split_partials(Workspace ws, std::size_t o_part_bytes, std::si
 template <DType dtype, int D, int Dv>
 void launch_flash_fwd(const FwdParams& params, cudaStream_t stream);
 
-/// The Hopper forward (wgmma), one instantiation per dtype at D = Dv = 128 and 64, in src/cuda/sm90/*.cu.
+/// The Hopper forward (wgmma), one instantiation per dtype at D = Dv = 64, 128 and 256, in src/cuda/sm90/*.cu.
 template <DType dtype, int D>
 void launch_flash_fwd_sm90(const FwdParams& params, cudaStream_t stream);
-/// Query rows and keys per tile of the Hopper forward (the planner's arithmetic needs them).
+/// Query rows and keys per tile of the Hopper forward (the planner's arithmetic needs them):
+/// 128 keys, or 64 at D 256, where a 64 x 256 output per warpgroup already takes 128 registers
+/// per thread and a 128 x 256 Q 64 KB of shared memory.
 inline constexpr int kSm90BlockM = 128;
-inline constexpr int kSm90BlockN = 128;
+constexpr int sm90_block_n(int head_dim) { return head_dim == 256 ? 64 : 128; }
 
 /// Merges the KV-split partials into out and lse (src/cuda/decode_combine.cu).
 void launch_fwd_combine(const FwdParams& params, cudaStream_t stream);

@@ -419,6 +419,24 @@ std::vector<FwdCase> forward_cases() {
   g.seqlen_q = 330;
   g.seqlen_k = 330;
   add(g);
+  g.name = "persistent_d256_f16_window";  // and at head dim 256 (64-key tiles)
+  g.dtype = DType::f16;
+  g.head_dim = 256;
+  g.head_dim_v = 256;
+  g.window_left = 70;
+  g.seqlen_q = 290;
+  g.seqlen_k = 310;
+  add(g);
+  g.name = "splits_d256_gqa2";  // its KV splits: one query tile per head, long keys
+  g.dtype = DType::bf16;
+  g.batch = 1;
+  g.heads_q = 2;
+  g.causal = false;
+  g.window_left = -1;
+  g.seqlen_q = 100;
+  g.seqlen_k = 1500;
+  g.small = false;
+  add(g);
 
   FwdCase s;
   s.name = "qkv_packed_strides";

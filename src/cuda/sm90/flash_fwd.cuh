@@ -44,7 +44,9 @@
 //
 // Covers what the sm80 forward covers for its shapes (every mask, GQA, varlen, paged, soft-cap,
 // LSE, KV splits), except GQA packing: the planner (backend.cpp) sends a problem here when
-// the device is sm_90, D = Dv = 128 or 64 and the queries fill more than a 64-row tile.
+// the device is sm_90, D = Dv = 64, 128 or 256 and the queries fill more than a 64-row tile.
+// At D 256 the key tiles are 64 wide (kBlockN) and 2 stages deep, O += P V runs as two
+// m64n128 halves, and the output leaves from registers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -88,15 +90,18 @@ using detail::TileKind;
 template <int D>
 struct Sm90FwdTraits {
   static constexpr int kBlockM = kSm90BlockM;  // query rows per tile: 64 per consumer warpgroup
-  static constexpr int kBlockN = kSm90BlockN;  // keys per stage
+  static constexpr int kBlockN = sm90_block_n(D);  // keys per stage: 128, or 64 at D 256
   // D 128: 224 KB with Q, one CTA per SM. D 64: a tile's multiplies take half as long, so one
-  // more stage in flight (144 KB; still one CTA per SM, by registers).
-  static constexpr int kStages = D == 64 ? 4 : 3;
+  // more stage in flight (144 KB; still one CTA per SM, by registers). D 256: 64 KB of Q and
+  // 64 KB per stage (64 keys), so 2 stages (192 KB).
+  static constexpr int kStages = D == 64 ? 4 : D == 256 ? 2 : 3;
+  static constexpr int kScores = kBlockN / 2;  // this thread's share of a warpgroup's 64 x kBlockN scores
   static constexpr int kConsumers = 2;  // warpgroups
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static_assert(128 * (kProducerRegs + kConsumers * kConsumerRegs) <= 65536, "register file");
-  static_assert(D == 64 || D == 128, "head dims with an O += P V wgmma (m64n64 / m64n128) and registers for it");
+  static_assert(D == 64 || D == 128 || D == 256,
+                "head dims with an O += P V wgmma (m64n64, m64n128, two m64n128) and registers for it");
   static constexpr int kTileBytesQ = kBlockM * D * 2;
   static constexpr int kTileBytesK = kBlockN * D * 2;
   static constexpr int kTileBytesV = kBlockN * D * 2;
@@ -165,7 +170,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   (void)params;
 #else
   using Tr = Sm90FwdTraits<D>;
-  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, kStages = Tr::kStages;
+  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, kStages = Tr::kStages, kScores = Tr::kScores;
   constexpr float kNegInf = -INFINITY;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -379,28 +384,39 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
   // Q rows of this warpgroup start 64 rows into each 128-row column block.
   const std::uint32_t q_base = sQ + 64 * wg * 128;
 
-  // S = Q K^T (64 x 128, D / 16 steps of k16; step k reads 32 bytes into each row of column
+  // S = Q K^T (64 x BN, D / 16 steps of k16; step k reads 32 bytes into each row of column
   // block k / 4), issued and committed as one wgmma group.
-  auto issue_qk = [&](float (&s)[64], int stage) {
+  auto issue_qk = [&](float (&s)[kScores], int stage) {
     const std::uint32_t k_base = sK + stage * Tr::kTileBytesK;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
       const std::uint32_t col = (kk % 4) * 32;
       const std::uint64_t da = sw128_desc(q_base + (kk / 4) * BM * 128 + col, 16, 1024);
       const std::uint64_t db = sw128_desc(k_base + (kk / 4) * BN * 128 + col, 16, 1024);
-      wgmma_m64n128k16_ss<T>(s, da, db, kk > 0 ? 1 : 0);
+      if constexpr (BN == 128) {
+        wgmma_m64n128k16_ss<T>(s, da, db, kk > 0 ? 1 : 0);
+      } else {
+        wgmma_m64n64k16_ss<T, 0, 0>(s, da, db, kk > 0 ? 1 : 0);
+      }
     }
     wgmma_commit();
   };
   float o[D / 2];  // this thread's share of the warpgroup's 64 x D output
   // O += P V (BN / 16 steps of k16 over the keys; keys 16 kk.. are rows 16 kk.. of each
-  // column block, and column blocks are BN rows apart), one wgmma group.
+  // column block, and column blocks are BN rows apart), one wgmma group. At D 256 as two
+  // m64n128 halves: output columns 0-127 (o[0, 64)) from V's column blocks 0-1, columns
+  // 128-255 (o[64, 128)) from blocks 2-3; the accumulator layouts line up, as o[4 nt ..] holds
+  // columns 8 nt.. in both.
   auto issue_pv = [&](const std::uint32_t (&pa)[BN / 16][4], int stage) {
     const std::uint32_t v_base = sV + stage * Tr::kTileBytesV;
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       const std::uint64_t db = sw128_desc(v_base + kk * 16 * 128, BN * 128, 1024);
-      if constexpr (D == 128) {
+      if constexpr (D == 256) {
+        const std::uint64_t db_hi = sw128_desc(v_base + 2 * BN * 128 + kk * 16 * 128, BN * 128, 1024);
+        wgmma_m64n128k16_rs<T>(*reinterpret_cast<float(*)[64]>(o), pa[kk], db, 1);
+        wgmma_m64n128k16_rs<T>(*reinterpret_cast<float(*)[64]>(o + 64), pa[kk], db_hi, 1);
+      } else if constexpr (D == 128) {
         wgmma_m64n128k16_rs<T>(o, pa[kk], db, 1);
       } else {
         wgmma_m64n64k16_rs<T>(o, pa[kk], db, 1);
@@ -418,7 +434,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     }
   };
   // P as the A operand of the next P V: the C layout of 8-key pairs is mma's A layout.
-  auto pack_p = [&](const float (&s)[64], std::uint32_t (&pa)[BN / 16][4]) {
+  auto pack_p = [&](const float (&s)[kScores], std::uint32_t (&pa)[BN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       pa[kk][0] = sm80::pack2<T>(s[8 * kk + 0], s[8 * kk + 1]);
@@ -452,7 +468,8 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
 
   // The output leaves through shared memory by TMA (see the epilogue); the plain loop frees
   // each stage inside its loop, so it keeps the register stores.
-  const bool stage_out = kOverlap && params.tma_out && params.n_splits == 1;
+  // At D 256 a stage's K half (64 keys x 256) cannot hold the tile's 128 output rows.
+  const bool stage_out = kOverlap && D <= 128 && params.tma_out && params.n_splits == 1;
 
   int i = 0;  // K/V tiles consumed, across items, as the producer counts them
   for (int n = 0;; ++n) {
@@ -480,11 +497,11 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     // Soft-cap, mask and online softmax of tile t's scores (sm80's, on one 16-row m-tile of
     // 128 keys per warp): s becomes P (f32), l_run and m_run move on, and the factor by which
     // the output accumulated so far must be rescaled is returned in scale_old.
-    auto softmax = [&](float (&s)[64], int t, TileKind kind, float (&scale_old)[2]) {
+    auto softmax = [&](float (&s)[kScores], int t, TileKind kind, float (&scale_old)[2]) {
       const int n0 = t * BN;
       if (p.softcap > 0.0f) {
 #pragma unroll
-        for (int e = 0; e < 64; ++e) s[e] = params.softcap_log2 * sm80::tanh_exp2(s[e] * (p.scale / p.softcap));
+        for (int e = 0; e < kScores; ++e) s[e] = params.softcap_log2 * sm80::tanh_exp2(s[e] * (p.scale / p.softcap));
       }
       if ((kind == TileKind::partial || n0 + BN > Sk) && interval_mask) {
 #pragma unroll
@@ -504,14 +521,14 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
         // One rolled copy of the predicate fills a bit per score (bit idx is s[idx]).
         std::uint64_t keep = 0;
 #pragma unroll 1
-        for (int idx = 0; idx < 64; ++idx) {
+        for (int idx = 0; idx < kScores; ++idx) {
           const int j = n0 + idx / 4 * 8 + lane % 4 * 2 + idx % 2;
           const int x = m0 + tile_row(idx % 4 >= 2 ? 1 : 0);
           const bool ok = j < Sk && (x >= Sq || me.allows(x, j));
           keep |= std::uint64_t(ok) << idx;
         }
 #pragma unroll
-        for (int e = 0; e < 64; ++e)
+        for (int e = 0; e < kScores; ++e)
           if (((keep >> e) & 1u) == 0) s[e] = kNegInf;
       }
 #pragma unroll
@@ -534,7 +551,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       }
     };
 
-    float s[64];
+    float s[kScores];
     std::uint32_t pa[BN / 16][4];
     float scale_old[2];
     bool first = true;  // no key tile consumed yet in this item
@@ -714,10 +731,14 @@ template <class T, int D>
 void launch_fwd(const FwdParams& params, cudaStream_t stream) {
   using Tr = Sm90FwdTraits<D>;
   // sm90_variant: 0 pipelined + ping-pong (default), 1 pipelined, 2 plain + ping-pong, 3 plain.
-  const auto kernel = params.sm90_variant == 1   ? flash_fwd_sm90_kernel<T, D, true, false>
-                      : params.sm90_variant == 2 ? flash_fwd_sm90_kernel<T, D, false, true>
-                      : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, false, false>
-                                                 : flash_fwd_sm90_kernel<T, D, true, true>;
+  // D 256 has the default only (one instantiation per file keeps the build short).
+  auto kernel = flash_fwd_sm90_kernel<T, D, true, true>;
+  if constexpr (D != 256) {
+    kernel = params.sm90_variant == 1   ? flash_fwd_sm90_kernel<T, D, true, false>
+             : params.sm90_variant == 2 ? flash_fwd_sm90_kernel<T, D, false, true>
+             : params.sm90_variant == 3 ? flash_fwd_sm90_kernel<T, D, false, false>
+                                        : kernel;
+  }
   ATTN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   // The work counter starts at 0 for every call (the workspace may hold anything).
   ATTN_CUDA_CHECK(cudaMemsetAsync(params.work_counter, 0, sizeof(int), stream));

@@ -1,0 +1,5 @@
+// Hopper forward kernel for f16, head_dim 256 (head_dim_v 256). Its body compiles in the
+// sm_90a pass only.
+#include "cuda/sm90/flash_fwd.cuh"
+
+ATTN_INSTANTIATE_FLASH_FWD_SM90(f16, __half, 256)
