@@ -113,9 +113,9 @@ def bench_case(attn, head_dim, causal, rows):
         grads = fns[0]()
         err = max(rel_err(g, r) for g, r in zip(grads, reference))
         peers.append((label, fns, err))
-    if head_dim == 128:
-        # At D 128 attn runs the Hopper kernel (src/cuda/sm90/flash_bwd.cuh) on an H100; the
-        # mma.sync kernel beside it on the same inputs.
+    if head_dim in (64, 128):
+        # At D 128 and 64 attn runs the Hopper kernel (src/cuda/sm90/flash_bwd.cuh) on an H100;
+        # the mma.sync kernel beside it on the same inputs.
         fns = [with_env(fn, "ATTN_CUDA_BWD", "sm80") for fn in (attn.prepare(*s, causal, False) for s in sets)]
         try:
             grads = fns[0]()

@@ -21,12 +21,14 @@ constexpr std::size_t kAlign = 256;
 constexpr std::size_t align_up(std::size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 constexpr float kLog2e = 1.4426950408889634f;
 
-/// The Hopper backward (src/cuda/sm90/flash_bwd.cuh) runs D = Dv = 128 on an sm_90 device, in a
+/// The Hopper backward (src/cuda/sm90/flash_bwd.cuh) runs D = Dv = 128 or 64 on an sm_90 device, in a
 /// build with sm_90a code; ATTN_CUDA_BWD=sm80 keeps the mma.sync kernel there (for comparison).
 bool use_sm90_backward(const BackwardProblem& p) {
 #if defined(ATTN_CUDA_HAS_SM90A)
   const char* env = std::getenv("ATTN_CUDA_BWD");
-  if ((env != nullptr && std::strcmp(env, "sm80") == 0) || p.head_dim != 128 || p.head_dim_v != 128) return false;
+  if ((env != nullptr && std::strcmp(env, "sm80") == 0) || (p.head_dim != 128 && p.head_dim != 64) ||
+      p.head_dim_v != p.head_dim)
+    return false;
   // Its grid is one-dimensional: within CUDA's limit, or the sm80 kernel.
   if (std::int64_t(p.heads_kv) * p.batch * ((p.seqlen_k + 127) / 128) > 0x7fffffff) return false;
   int dev = 0, major = 0, minor = 0;
@@ -75,7 +77,9 @@ Plan plan_backward(const BackwardProblem& p) {
   f.softcap_log2 = p.softcap * kLog2e;
   f.dq_tiled = use_sm90_backward(p);
   if (f.dq_tiled) {
-    static_assert(bwd_tile(128).block_m == 64 && bwd_tile(128).block_n == 128, "the Hopper backward's tiles");
+    static_assert(bwd_tile(128).block_m == 64 && bwd_tile(128).block_n == 128 && bwd_tile(64).block_m == 64 &&
+                      bwd_tile(64).block_n == 128,
+                  "the Hopper backward's tiles");
     // Whole query tiles, so that each warpgroup adds its half of a tile with one bulk reduction.
     plan.dq_bytes = align_up(std::size_t(p.batch) * std::size_t(p.heads_q) * std::size_t(f.m_tiles) *
                              std::size_t(tile.block_m) * std::size_t(p.head_dim) * sizeof(float));
@@ -135,10 +139,11 @@ void flash_backward(const BackwardProblem& p, Workspace ws) {
   }
   if (f.n_blocks > 0) {
     if (f.dq_tiled) {
-      if (p.dtype == DType::f16) {
-        launch_flash_bwd_sm90<DType::f16, 128>(f, stream);
+      const bool f16 = p.dtype == DType::f16;
+      if (p.head_dim == 64) {
+        f16 ? launch_flash_bwd_sm90<DType::f16, 64>(f, stream) : launch_flash_bwd_sm90<DType::bf16, 64>(f, stream);
       } else {
-        launch_flash_bwd_sm90<DType::bf16, 128>(f, stream);
+        f16 ? launch_flash_bwd_sm90<DType::f16, 128>(f, stream) : launch_flash_bwd_sm90<DType::bf16, 128>(f, stream);
       }
     } else {
       with_head_dims(p.head_dim, p.head_dim_v, "the cuda backward", [&]<int D, int Dv>() {

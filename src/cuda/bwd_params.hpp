@@ -68,8 +68,8 @@ struct BwdParams {
   CUtensorMap tma_do{};
 };
 
-/// Where the tiled dq_accum (BwdParams::dq_tiled, D = 128) keeps query row r (0..63) of a tile,
-/// column c (0..127), in floats from the tile's start: warpgroup c / 64 owns the columns, and
+/// Where the tiled dq_accum (BwdParams::dq_tiled, D = 128 or 64) keeps query row r (0..63) of a
+/// tile, column c (0..D-1), in floats from the tile's start: warpgroup c / 64 owns the columns, and
 /// its thread t holds the wgmma accumulator (rows 16 (t / 32) + (t % 32) / 4 + 8 (e / 2),
 /// columns 8 j + 2 (t % 4) + e % 2), stored as float4 j of thread t at 4 (128 j + t).
 ATTN_HD constexpr int dq_tiled_offset(int r, int c) {
@@ -83,8 +83,8 @@ ATTN_HD constexpr int dq_tiled_offset(int r, int c) {
 template <DType dtype, int D, int Dv>
 void launch_flash_bwd(const BwdParams& params, cudaStream_t stream);
 
-/// The Hopper backward (wgmma, src/cuda/sm90/flash_bwd.cuh) at D = Dv = 128, same tiles
-/// (bwd_tile(128)) and workspace; one instantiation per dtype in src/cuda/sm90/flash_bwd_*.cu.
+/// The Hopper backward (wgmma, src/cuda/sm90/flash_bwd.cuh) at D = Dv = 128 and 64, same tiles
+/// (bwd_tile) and workspace; one instantiation per (dtype, D) in src/cuda/sm90/flash_bwd_*.cu.
 template <DType dtype, int D>
 void launch_flash_bwd_sm90(const BwdParams& params, cudaStream_t stream);
 

@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(kPrepThreads) convert_dq_kernel(const __grid_c
     vals[0] = lo.x, vals[1] = lo.y, vals[2] = lo.z, vals[3] = lo.w;
     vals[4] = hi.x, vals[5] = hi.y, vals[6] = hi.z, vals[7] = hi.w;
   } else {
-    // The Hopper kernel's order (dq_tiled_offset, D = 128): neighbouring columns in pairs.
+    // The Hopper kernel's order (dq_tiled_offset, D = 128 or 64): neighbouring columns in pairs.
     constexpr int kTile = 64;
     const float* tile = params.dq_accum + ((std::int64_t(b) * Hq + h) * params.m_tiles + i / kTile) * kTile * D;
 #pragma unroll

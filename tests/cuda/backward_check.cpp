@@ -281,8 +281,8 @@ std::vector<BwdCase> backward_cases() {
   m.heads_kv = 2;
   m.seqlen_q = 200;
   m.seqlen_k = 200;
-  // D 128: on an H100 the masks and varlen batches then also reach the Hopper kernel
-  // (ATTN_CUDA_BWD=sm90 takes D 128 only); the sm80 kernel's masking is the same at every D.
+  // D 128: on an H100 the masks and varlen batches then also reach the Hopper kernel (which
+  // takes D 128 and 64); the sm80 kernel's masking is the same at every D.
   m.head_dim = 128;
   auto mask_case = [&](const std::string& name, auto&& set) {
     BwdCase c = m;
@@ -297,6 +297,9 @@ std::vector<BwdCase> backward_cases() {
   mask_case("softcap_window_d256", [](BwdCase& c) { c.softcap = 20.0f; c.sigma = 2.0; c.window_left = 40; c.window_right = 3; c.head_dim = 256; });
   mask_case("softcap_causal_d128", [](BwdCase& c) { c.softcap = 30.0f; c.sigma = 4.0; c.causal = true; c.head_dim = 128; });
   mask_case("large_logits_bf16", [](BwdCase& c) { c.sigma = 3.0; });
+  // The Hopper kernel at D 64 (each warpgroup's dQ over its own keys).
+  mask_case("window_d64_f16", [](BwdCase& c) { c.window_left = 70; c.window_right = 5; c.head_dim = 64; c.dtype = DType::f16; });
+  mask_case("causal_sq_gt_sk_d64", [](BwdCase& c) { c.causal = true; c.seqlen_q = 260; c.seqlen_k = 130; c.head_dim = 64; });
   mask_case("empty_queries", [](BwdCase& c) { c.seqlen_q = 0; c.seqlen_k = 9; c.small = true; });
 
   // GQA groups, including 3.
@@ -332,6 +335,16 @@ std::vector<BwdCase> backward_cases() {
   w.deterministic = true;
   w.small = false;
   add(w);
+  BwdCase y;
+  y.name = "deterministic_d64_window";  // the Hopper kernel's two partial dQ sums per tile, in order
+  y.deterministic = true;
+  y.head_dim = 64;
+  y.window_left = 90;
+  y.window_right = 20;
+  y.seqlen_q = 300;
+  y.seqlen_k = 300;
+  y.small = true;
+  add(y);
   BwdCase x;
   x.name = "deterministic_d256_gqa3_causal";
   x.deterministic = true;

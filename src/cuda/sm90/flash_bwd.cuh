@@ -1,18 +1,20 @@
 // FlashAttention backward for Hopper (sm_90a): the sm80 backward's walk (one CTA per key block
 // of 128 keys, kv head and batch, visiting the 64-query tiles of every query head of its group
-// that the mask leaves reachable) with its products on wgmma. D = Dv = 128; the default there
-// on sm_90 (ATTN_CUDA_BWD=sm80 keeps the mma.sync kernel, src/cuda/backward.cpp): 2x that kernel,
-// 1.05x / 1.04x SDPA's flash backend, full / causal (bench/gpu_notes_backward.md).
+// that the mask leaves reachable) with its products on wgmma. D = Dv = 128 or 64; the default
+// there on sm_90 (ATTN_CUDA_BWD=sm80 keeps the mma.sync kernel, src/cuda/backward.cpp): at D
+// 128 2x that kernel, 1.05x / 1.04x SDPA's flash backend, full / causal (bench/gpu_notes_backward.md).
 //
 // Two warpgroups, each owning 64 of the block's keys. Per query tile:
 //   S^T = K Q^T, dP^T = V dO^T     64 keys x 64 queries per warpgroup (wgmma m64n64, both from
 //                                  shared memory, K-major)
 //   P, dS in registers             as sm80 (the accumulator layout is mma.m16n8's, per warp)
-//   dV += P^T dO, dK += dS^T Q     64 keys x 128 dims (wgmma m64n128, P / dS from registers,
+//   dV += P^T dO, dK += dS^T Q     64 keys x D dims (wgmma m64nD, P / dS from registers,
 //                                  dO / Q MN-major from shared memory)
-//   dQ = dS K                      64 queries x 64 dims per warpgroup (the group's half of the
-//                                  columns), dS MN-major from shared memory (written there by
-//                                  both groups), K MN-major; added into dq_accum as below
+//   dQ = dS K                      64 queries x 64 dims per warpgroup, dS MN-major from shared
+//                                  memory (written there by both groups), K MN-major; added
+//                                  into dq_accum as below. D 128: each group takes its half of
+//                                  the columns over all 128 keys. D 64: each group takes every
+//                                  column over its own 64 keys, and both add into the tile.
 // Loads: K and V once by cp.async from every thread. Q, dO, lse and D_i in three stages, two
 // tiles ahead: by TMA from thread 0 behind one mbarrier per stage where the rows are padded
 // (BwdParams::tma), otherwise by cp.async from every thread (whole rows per thread,
@@ -27,7 +29,7 @@
 //
 // Shared memory, 128-byte swizzled tiles (sm90/flash_fwd.cuh's `swizzled`), 1024-aligned:
 //   sK, sV (128 x 128)   sQ, sdO (3 stages, 64 x 128)   sdS (128 keys x 64 queries)
-//   sdQ (f32, two 64 x 64 halves)   lse * log2e and D_i (f32, 3 stages of 64)   3 mbarriers.
+//   sdQ (f32, one 64 x 64 part per group)   lse * log2e and D_i (f32, 3 stages of 64)   3 mbarriers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -51,11 +53,11 @@ struct Sm90BwdTraits {
   static constexpr int kBlockN = 128;  // keys per CTA, 64 per warpgroup
   static constexpr int kThreads = 256;
   static constexpr int kStages = 3;  // of Q, dO, lse, D_i
-  static_assert(D == 128, "one 128-key block of D = 128: two column blocks of 64");
+  static_assert(D == 128 || D == 64, "a 128-key block of D 128 (two column blocks of 64) or 64 (one)");
   static constexpr int kKBytes = kBlockN * D * 2;
   static constexpr int kQBytes = kBlockM * D * 2;  // one stage
   static constexpr int kSBytes = kBlockN * kBlockM * 2;
-  static constexpr int kDqBytes = kBlockM * D * 4;
+  static constexpr int kDqBytes = 2 * kBlockM * 64 * 4;  // each group's 64 x 64 part of dQ
   static constexpr int kRowBytes = kBlockM * 4;  // lse or D_i of one stage
   static constexpr int kOffV = kKBytes;
   static constexpr int kOffQ = kOffV + kKBytes;
@@ -164,9 +166,9 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     sm80::load_lse_dsum_async<BM>(params, b, h, m0, tid, sLse + stage * BM, sDsum + stage * BM);
   };
 
-  float dk[64], dv[64];
+  float dk[D / 2], dv[D / 2];
 #pragma unroll
-  for (int e = 0; e < 64; ++e) dk[e] = dv[e] = 0.0f;
+  for (int e = 0; e < D / 2; ++e) dk[e] = dv[e] = 0.0f;
   const bool softcap = p.softcap > 0.0f;
   const float cap_mul = p.scale / (softcap ? p.softcap : 1.0f);
   // This thread's key rows (within the block) of every score element: s[4 nt + e] is key
@@ -302,13 +304,18 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
         sa[kk][r] = sm80::pack2<T>(dp[8 * kk + 2 * r], dp[8 * kk + 2 * r + 1]);
       }
     }
+    auto accumulate = [&](float (&acc)[D / 2], const std::uint32_t (&a)[4], std::uint64_t desc_b) {
+      if constexpr (D == 128) {
+        wgmma_m64n128k16_rs<T>(acc, a, desc_b, 1);
+      } else {
+        wgmma_m64n64k16_rs<T>(acc, a, desc_b, 1);
+      }
+    };
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk)
-      wgmma_m64n128k16_rs<T>(dv, pa[kk], sw128_desc(sdOs + kk * 16 * 128, BM * 128, 1024), 1);
+    for (int kk = 0; kk < BM / 16; ++kk) accumulate(dv, pa[kk], sw128_desc(sdOs + kk * 16 * 128, BM * 128, 1024));
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk)
-      wgmma_m64n128k16_rs<T>(dk, sa[kk], sw128_desc(sQs + kk * 16 * 128, BM * 128, 1024), 1);
+    for (int kk = 0; kk < BM / 16; ++kk) accumulate(dk, sa[kk], sw128_desc(sQs + kk * 16 * 128, BM * 128, 1024));
     wgmma_commit();
 
     fence_proxy_async();  // this thread's sdS stores, for the wgmma below
@@ -317,17 +324,22 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     if (dq_issuer && !p.deterministic) bulk_wait_read<0>();
     __syncthreads();  // sdS complete
 
-    // dQ (64 queries x this group's 64 columns) = dS K: A = dS with the queries contiguous
-    // (MN-major), B = K's column block wg with the dims contiguous (MN-major). (Issuing it
-    // before dV and dK, so that the adds below overlap them, measured 14% slower: more spills.)
+    // dQ = dS K: A = dS with the queries contiguous (MN-major), B = K with the dims contiguous
+    // (MN-major). D 128: this group's 64 columns (K's column block wg) over the 128 keys. D 64:
+    // the 64 columns over this group's 64 keys (rows 64 wg.. of sdS and of K), a partial sum.
+    // (Issuing it before dV and dK, so that the adds below overlap them, measured 14% slower at
+    // D 128: more spills.)
     float dq[32];
 #pragma unroll
     for (int e = 0; e < 32; ++e) dq[e] = 0.0f;
     wgmma_fence();
+    constexpr int kDqKeys = D == 128 ? BN : BN / 2;
+    const int key0 = D == 128 ? 0 : 64 * wg;
+    const std::uint32_t k_cols = D == 128 ? sK + wg * BN * 128 : sK;
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const std::uint64_t da = sw128_desc(sdS + kk * 16 * 128, BN * 128, 1024);
-      const std::uint64_t db = sw128_desc(sK + wg * BN * 128 + kk * 16 * 128, BN * 128, 1024);
+    for (int kk = 0; kk < kDqKeys / 16; ++kk) {
+      const std::uint64_t da = sw128_desc(sdS + (key0 + kk * 16) * 128, BN * 128, 1024);
+      const std::uint64_t db = sw128_desc(k_cols + (key0 + kk * 16) * 128, BN * 128, 1024);
       wgmma_m64n64k16_ss<T, 1, 1>(dq, da, db, kk > 0 ? 1 : 0);
     }
     wgmma_commit();
@@ -336,9 +348,11 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     fence_registers(dv);
     fence_registers(dk);
 
-    // This group's half of the tile in dq_accum's tiled order: float4 j of thread wg_tid at
-    // 4 (128 j + wg_tid) (dq_tiled_offset).
-    float* dq_half = params.dq_accum + ((std::int64_t(b) * Hq + h) * params.m_tiles + m) * (BM * D) + wg * (BM * 64);
+    // This group's part of the tile in dq_accum's tiled order: float4 j of thread wg_tid at
+    // 4 (128 j + wg_tid) (dq_tiled_offset): its half of the columns at D 128, the whole tile
+    // (which both groups add into) at D 64.
+    float* dq_half = params.dq_accum + ((std::int64_t(b) * Hq + h) * params.m_tiles + m) * (BM * D) +
+                     (D == 128 ? wg * (BM * 64) : 0);
     if (!p.deterministic) {
       float* sdq_half = reinterpret_cast<float*>(smem + Tr::kOffdQ) + wg * (BM * 64);
 #pragma unroll
@@ -360,14 +374,20 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
         while (sm80::ld_acquire(counter) < expected) __nanosleep(64);
       }
       __syncthreads();
+      // D 64: the groups' partial sums go into the same tile, group 0's first.
+      for (int turn = 0; turn < (D == 128 ? 1 : 2); ++turn) {
+        if (D == 128 || wg == turn) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        float4* ptr = reinterpret_cast<float4*>(dq_half + (128 * j + wg_tid) * 4);
-        const float4 old = __ldcg(ptr);
-        __stcg(ptr, make_float4(old.x + dq[4 * j], old.y + dq[4 * j + 1], old.z + dq[4 * j + 2], old.w + dq[4 * j + 3]));
+          for (int j = 0; j < 8; ++j) {
+            float4* ptr = reinterpret_cast<float4*>(dq_half + (128 * j + wg_tid) * 4);
+            const float4 old = __ldcg(ptr);
+            __stcg(ptr,
+                   make_float4(old.x + dq[4 * j], old.y + dq[4 * j + 1], old.z + dq[4 * j + 2], old.w + dq[4 * j + 3]));
+          }
+        }
+        __threadfence();
+        __syncthreads();
       }
-      __threadfence();
-      __syncthreads();
       if (threadIdx.x == 0) atomicAdd(counter, 1);
     }
     x = x1;
