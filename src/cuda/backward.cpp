@@ -80,7 +80,7 @@ Plan plan_backward(const BackwardProblem& p) {
     static_assert(bwd_tile(128).block_m == 64 && bwd_tile(128).block_n == 128 && bwd_tile(64).block_m == 64 &&
                       bwd_tile(64).block_n == 128,
                   "the Hopper backward's tiles");
-    // Whole query tiles, so that each warpgroup adds its half of a tile with one bulk reduction.
+    // Whole query tiles, so that each warpgroup adds its part of a tile with one bulk reduction.
     plan.dq_bytes = align_up(std::size_t(p.batch) * std::size_t(p.heads_q) * std::size_t(f.m_tiles) *
                              std::size_t(tile.block_m) * std::size_t(p.head_dim) * sizeof(float));
     // About four waves of blocks per chunk of heads (the kernel's block order). Measured on the

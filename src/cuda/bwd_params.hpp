@@ -69,7 +69,8 @@ struct BwdParams {
 };
 
 /// Where the tiled dq_accum (BwdParams::dq_tiled, D = 128 or 64) keeps query row r (0..63) of a
-/// tile, column c (0..D-1), in floats from the tile's start: warpgroup c / 64 owns the columns, and
+/// tile, column c (0..D-1), in floats from the tile's start: warpgroup c / 64 owns the columns
+/// (at D 64 there is one block of 64, into which both warpgroups add their partial sums), and
 /// its thread t holds the wgmma accumulator (rows 16 (t / 32) + (t % 32) / 4 + 8 (e / 2),
 /// columns 8 j + 2 (t % 4) + e % 2), stored as float4 j of thread t at 4 (128 j + t).
 ATTN_HD constexpr int dq_tiled_offset(int r, int c) {

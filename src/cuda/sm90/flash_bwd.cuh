@@ -28,7 +28,7 @@
 // with plain 16-byte loads and stores instead.
 //
 // Shared memory, 128-byte swizzled tiles (sm90/flash_fwd.cuh's `swizzled`), 1024-aligned:
-//   sK, sV (128 x 128)   sQ, sdO (3 stages, 64 x 128)   sdS (128 keys x 64 queries)
+//   sK, sV (128 x D)   sQ, sdO (3 stages, 64 x D)   sdS (128 keys x 64 queries)
 //   sdQ (f32, one 64 x 64 part per group)   lse * log2e and D_i (f32, 3 stages of 64)   3 mbarriers.
 #pragma once
 
