@@ -93,7 +93,7 @@ Plan plan_forward(const AttentionProblem& p) {
   f.sm90 = use_sm90_forward(p, f.pack, long_queries);
   if (f.sm90) {
     const int block_n = sm90_block_n(p.head_dim);
-    tile = FwdTile{kSm90BlockM, block_n, 3};
+    tile = FwdTile{kSm90BlockM, block_n, 3};  // stages: the kernel's own (Sm90FwdTraits), not read here
     const char* env = std::getenv("ATTN_CUDA_FWD");
     if (env != nullptr) {
       f.sm90_variant = std::strcmp(env, "sm90-pipe") == 0       ? 1

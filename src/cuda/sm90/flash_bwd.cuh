@@ -351,18 +351,18 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     // This group's part of the tile in dq_accum's tiled order: float4 j of thread wg_tid at
     // 4 (128 j + wg_tid) (dq_tiled_offset): its half of the columns at D 128, the whole tile
     // (which both groups add into) at D 64.
-    float* dq_half = params.dq_accum + ((std::int64_t(b) * Hq + h) * params.m_tiles + m) * (BM * D) +
+    float* dq_part = params.dq_accum + ((std::int64_t(b) * Hq + h) * params.m_tiles + m) * (BM * D) +
                      (D == 128 ? wg * (BM * 64) : 0);
     if (!p.deterministic) {
-      float* sdq_half = reinterpret_cast<float*>(smem + Tr::kOffdQ) + wg * (BM * 64);
+      float* sdq_part = reinterpret_cast<float*>(smem + Tr::kOffdQ) + wg * (BM * 64);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
-        *reinterpret_cast<float4*>(sdq_half + (128 * j + wg_tid) * 4) =
+        *reinterpret_cast<float4*>(sdq_part + (128 * j + wg_tid) * 4) =
             make_float4(dq[4 * j], dq[4 * j + 1], dq[4 * j + 2], dq[4 * j + 3]);
       fence_proxy_async();  // for the bulk reduction's reads
       named_barrier_sync(1 + wg, 128);
       if (dq_issuer) {
-        bulk_reduce_add_f32(dq_half, sdQ + wg * (BM * 64 * 4), BM * 64 * 4);
+        bulk_reduce_add_f32(dq_part, sdQ + wg * (BM * 64 * 4), BM * 64 * 4);
         bulk_commit();
       }
     } else {
@@ -379,7 +379,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
         if (D == 128 || wg == turn) {
 #pragma unroll
           for (int j = 0; j < 8; ++j) {
-            float4* ptr = reinterpret_cast<float4*>(dq_half + (128 * j + wg_tid) * 4);
+            float4* ptr = reinterpret_cast<float4*>(dq_part + (128 * j + wg_tid) * 4);
             const float4 old = __ldcg(ptr);
             __stcg(ptr,
                    make_float4(old.x + dq[4 * j], old.y + dq[4 * j + 1], old.z + dq[4 * j + 2], old.w + dq[4 * j + 3]));
