@@ -3,7 +3,7 @@
 //
 //   cpu_decode_timing [--b B] [--ctx L] [--hq HQ] [--hkv HKV] [--d D] [--page P] [--dtype f16]
 //                     [--rounds N] [--threads "1,2"] [--variants "x,y"] [--no-ceilings]
-//                     [--huge-pages] [--ordered-pages]
+//                     [--huge-pages] [--ordered-pages] [--floor]
 //
 // Defaults are `attn bench --filter decode`'s row: B16, context 4096, 32 / 8 heads, D 128, f16,
 // pages of 16 handed out in shuffled order. Each round times, for every thread count (and every
@@ -12,7 +12,10 @@
 // the rounds are printed. GB/s counts the K / V bytes read once; memcpy counts read + written.
 // --ordered-pages adds a row for the same paged cache read through a block table whose pages
 // are in pool order (sequence b's pages adjacent), separating the cost of scattered pages from
-// the cost of the paged code path.
+// the cost of the paged code path. --floor adds the rows of bench/decode_floor.hpp over the same
+// paged cache (G 4, D 128, f16 only): a kernel with only the unavoidable conversions and FMAs, in
+// the kernel's structure, and two passes without arithmetic (in the kernel's order of lines, and
+// in address order), the last one the ceiling that any kernel reading this cache meets here.
 
 #include <algorithm>
 #include <chrono>
@@ -28,6 +31,7 @@
 
 #include "attn/attention_kvcache.hpp"
 #include "cpu/thread_pool.hpp"
+#include "decode_floor.hpp"
 #include "timing_common.hpp"
 
 #if defined(__x86_64__)
@@ -45,6 +49,21 @@ std::vector<std::string> split(const std::string& s) {
     if (!item.empty()) out.push_back(item);
   return out;
 }
+
+/// The rows of --floor (bench/decode_floor.hpp), over the same paged cache as the kernel's row.
+struct FloorRow {
+  const char* name;
+  const char* what;
+  attn::bench::FloorPass pass;
+  bool prefetch;
+};
+constexpr FloorRow kFloorRows[] = {
+    {"min-arith", "unavoidable arithmetic only, kernel's prefetch", attn::bench::FloorPass::arithmetic, true},
+    {"min-hw", "unavoidable arithmetic only, hardware prefetch", attn::bench::FloorPass::arithmetic, false},
+    {"read-kern", "no arithmetic, the kernel's order + prefetch", attn::bench::FloorPass::kernel_order, true},
+    {"read-addr", "no arithmetic, address order, hardware only", attn::bench::FloorPass::address_order, false},
+    {"arith-addr", "the same arithmetic in address order, hardware", attn::bench::FloorPass::address_arithmetic, false},
+};
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -71,12 +90,12 @@ __attribute__((target("avx2"))) float sum_avx2(const float* p, std::size_t n) {
 int main(int argc, char** argv) {
   int B = 16, L = 4096, Hq = 32, Hkv = 8, D = 128, page = 16, rounds = 5;
   std::string dtype = "f16", threads_list = "", variants = "";
-  bool no_ceilings = false, huge_pages = false, ordered_pages = false;
+  bool no_ceilings = false, huge_pages = false, ordered_pages = false, with_floor = false;
   attn::bench::parse_flags(argc, argv,
                            {{"--b", &B}, {"--ctx", &L}, {"--hq", &Hq}, {"--hkv", &Hkv}, {"--d", &D}, {"--page", &page},
                             {"--dtype", &dtype}, {"--rounds", &rounds}, {"--threads", &threads_list},
                             {"--variants", &variants}, {"--no-ceilings", &no_ceilings}, {"--huge-pages", &huge_pages},
-                            {"--ordered-pages", &ordered_pages}});
+                            {"--ordered-pages", &ordered_pages}, {"--floor", &with_floor}});
   const attn::DType dt = attn::parse_dtype(dtype);
   std::vector<int> threads;
   for (const std::string& t : split(threads_list)) threads.push_back(std::atoi(t.c_str()));
@@ -124,6 +143,30 @@ int main(int argc, char** argv) {
                                         attn::attention_with_kvcache_workspace_size(contiguous, attn::Backend::cpu));
   attn::Tensor ws({std::int64_t(std::max<std::size_t>(ws_bytes, 1))}, attn::DType::u8);
 
+  // --floor's inputs: the paged pools, a (Hkv, 4, D) f32 q, per-thread o and sinks.
+#if defined(__x86_64__)
+  if (with_floor && (dt != attn::DType::f16 || D != 128 || Hq != 4 * Hkv || L % 32 != 0)) {
+    std::fprintf(stderr, "--floor needs f16, D 128, Hq = 4 Hkv and a context that is a multiple of 32\n");
+    return 2;
+  }
+  if (with_floor && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c"))) {
+    std::fprintf(stderr, "--floor needs AVX2, FMA and F16C\n");
+    return 2;
+  }
+  const int max_threads = *std::max_element(threads.begin(), threads.end());
+  std::vector<float> floor_q(std::size_t(Hkv) * 4 * D, 0.01f), floor_o(std::size_t(max_threads) * Hkv * 4 * D),
+      floor_sink(std::size_t(max_threads) * 8);
+  attn::bench::DecodeFloorArgs floor_args;
+  floor_args.k_pool = static_cast<const std::uint16_t*>(pk.data());
+  floor_args.v_pool = static_cast<const std::uint16_t*>(pv.data());
+  floor_args.table = table.as<std::int32_t>();
+  floor_args.pages_per_seq = int(per_seq), floor_args.page = page, floor_args.heads = Hkv, floor_args.ctx = L;
+  floor_args.q = floor_q.data();
+#else
+  with_floor = false;
+#endif
+
   const double kv_bytes = 2.0 * double(B) * L * Hkv * D * double(attn::dtype_size(dt));
 
   auto timed = [](auto&& f) {
@@ -158,6 +201,20 @@ int main(int argc, char** argv) {
         ms[tk + "read"].push_back(double(stream_bytes) / read_s * 1e-9);
       }
       }
+#if defined(__x86_64__)
+      for (const FloorRow& row : kFloorRows) {
+        if (!with_floor) break;
+        const double s = timed([&] {
+          attn::cpu::parallel_for(B, t, [&](std::int64_t b, int thread) {
+            attn::bench::DecodeFloorArgs a = floor_args;
+            a.o = floor_o.data() + std::size_t(thread) * Hkv * 4 * D;
+            a.sink = floor_sink.data() + std::size_t(thread) * 8;
+            attn::bench::decode_floor_sequence(a, int(b), row.pass, row.prefetch);
+          });
+        });
+        if (r > 0) ms[tk + row.name].push_back(1e3 * s);
+      }
+#endif
       for (const std::string& v : vars) {
         if (!v.empty()) setenv("ATTN_DECODE_VARIANT", v.c_str(), 1);
         for (const char* row : {"paged", "contiguous", "ordered"}) {
@@ -182,6 +239,12 @@ int main(int argc, char** argv) {
     const std::string tk = std::to_string(t) + "t ";
     const double copy = median(ms[tk + "memcpy"]), read = median(ms[tk + "read"]);
     std::printf("%d thread(s): memcpy %.1f GB/s (read + written), read %.1f GB/s\n", t, copy, read);
+    for (const FloorRow& row : kFloorRows) {
+      if (!with_floor) break;
+      const double f = median(ms[tk + row.name]);
+      std::printf("  %-10s %-47s %7.3f ms %5.1f GB/s %5.1f%% of memcpy\n", row.name, row.what, f, kv_bytes / f * 1e-6,
+                  100.0 * kv_bytes / f * 1e-6 / copy);
+    }
     for (const std::string& v : vars) {
       const std::string vk = tk + (v.empty() ? "" : v + " ");
       const double p = median(ms[vk + "paged"]), c = median(ms[vk + "contiguous"]);
