@@ -12,10 +12,11 @@
 // the rounds are printed. GB/s counts the K / V bytes read once; memcpy counts read + written.
 // --ordered-pages adds a row for the same paged cache read through a block table whose pages
 // are in pool order (sequence b's pages adjacent), separating the cost of scattered pages from
-// the cost of the paged code path. --floor adds the rows of bench/decode_floor.hpp over the same
-// paged cache (G 4, D 128, f16 only): a kernel with only the unavoidable conversions and FMAs, in
-// the kernel's structure, and two passes without arithmetic (in the kernel's order of lines, and
-// in address order), the last one the ceiling that any kernel reading this cache meets here.
+// the cost of the paged code path. --floor adds the passes of bench/decode_floor.hpp over the
+// same paged cache (G 4, D 128, f16 only): only the unavoidable conversions and FMAs, in the
+// kernel's structure (with and without software prefetch) and with V read like K; and two reads
+// without arithmetic, in the kernel's order of lines and in address order, the last one a
+// ceiling that any kernel reading this cache meets on the machine.
 
 #include <algorithm>
 #include <chrono>

@@ -1,9 +1,9 @@
 // Reference passes for CPU decode at G = 4 over the paged f16 cache of bench/cpu_decode_timing:
 // what a kernel with only the unavoidable work, or with no arithmetic at all, reaches on the
-// machine (docs/PERF-cpu-decode.md, "Where the 60% target stands").
+// machine (docs/PERF-cpu-decode.md, "Ninth session: what the machine allows").
 //
 // Per key and kv head, any decode kernel must convert the key's and the value's head_dim halves
-// to f32 and do G x head_dim fused multiply-adds for the scores and as many for P V. Three passes
+// to f32 and do G x head_dim fused multiply-adds for the scores and as many for P V. Four passes
 // over one sequence's context, each in steps of 32 keys as the kernel (src/cpu/flash_forward.hpp,
 // "decode tiles"):
 //   arithmetic:   exactly that work in the kernel's order (every key's heads' dots, two keys at
