@@ -21,7 +21,10 @@ first 8 CTAs (their first 64 items, the first and last left out), in SM clocks, 
   S1        the first S = Q K^T
   body      first S done to the last P V done
   epi_calc  normalisation (1 / l, lse)
-  stores    the output stores
+  stores    the output stores, in the staged epilogue (output by TMA) split into:
+    qe_wait     waiting for both warpgroups' last S (the K half it writes to must be dead)
+    staging     normalised rows into shared memory (stmatrix) and the async-proxy fence
+    store_read  the warpgroup's barrier, the TMA store's issue and the wait for its read
   kvwait    all K / V waits of the item
   qlat      the producer's Q issue to the consumers' start
   wgskew    warpgroup 1's start after warpgroup 0's
@@ -40,8 +43,10 @@ from gpu_bench import Attn  # noqa: E402
 CTAS, ITEMS, SLOTS = 8, 64, 32
 # Slots: producer 0 grab, 1 Q issued, 2 tiles issued; consumer warpgroup w at base 3 + 10 w:
 # +0 start, +1 first S done, +2 last P V done, +3 epilogue done, +4 K / V wait clocks,
-# +5 decode done, +6 first K / V landed, +7 turn taken, +8 stores start; 23 key tiles.
-KEYS = ("item", "qwait", "book", "kvw1", "turn", "S1", "body", "epi_calc", "stores", "kvwait", "qlat", "wgskew")
+# +5 decode done, +6 first K / V landed, +7 turn taken, +8 stores start; 23 key tiles;
+# staged epilogue of warpgroup w: 24 + w both last S done, 26 + w rows staged and fenced.
+KEYS = ("item", "qwait", "book", "kvw1", "turn", "S1", "body", "epi_calc", "stores", "qe_wait", "staging",
+        "store_read", "kvwait", "qlat", "wgskew")
 
 
 def item_rows(t):
@@ -60,6 +65,10 @@ def item_rows(t):
             rows["body"].append(b[5] - b[4])
             rows["epi_calc"].append(b[11] - b[5])
             rows["stores"].append(b[6] - b[11])
+            staged = b[24] != 0  # the epilogue through shared memory ran for this item
+            rows["qe_wait"].append(b[24] - b[11] if staged else 0)
+            rows["staging"].append(b[26] - b[24] if staged else 0)
+            rows["store_read"].append(b[6] - b[26] if staged else 0)
             rows["kvwait"].append(b[7])
             rows["qlat"].append(b[3] - b[1])
             rows["wgskew"].append(b[13] - b[3])

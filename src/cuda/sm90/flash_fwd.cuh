@@ -681,6 +681,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
       // requires the padded layout, where Sq is the tensor's extent) and are not written.
       const int stage = (i - 1) % kStages;
       mbar_wait(bar_q_empty, n & 1);
+      if (tracer) ATTN_FWD_TRACE(n, 24 + wg, ATTN_FWD_TRACE_CLOCK());
       const std::uint32_t so = sK + stage * Tr::kTileBytesK + 64 * wg * 128;
       const int r = 16 * (warp % 4) + 8 * (lane / 8 % 2) + lane % 8;  // row of matrix lane / 8 this lane addresses
 #pragma unroll
@@ -693,6 +694,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
                     sm80::pack2<T>(o[8 * np + 6] * inv_l[1], o[8 * np + 7] * inv_l[1]));
       }
       fence_proxy_async();
+      if (tracer) ATTN_FWD_TRACE(n, 26 + wg, ATTN_FWD_TRACE_CLOCK());
       named_barrier_sync(6 + wg, 128);
       if (threadIdx.x % 128 == 0) {
 #pragma unroll
