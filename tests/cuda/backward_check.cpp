@@ -300,6 +300,12 @@ std::vector<BwdCase> backward_cases() {
   // The Hopper kernel at D 64 (each warpgroup's dQ over its own keys).
   mask_case("window_d64_f16", [](BwdCase& c) { c.window_left = 70; c.window_right = 5; c.head_dim = 64; c.dtype = DType::f16; });
   mask_case("causal_sq_gt_sk_d64", [](BwdCase& c) { c.causal = true; c.seqlen_q = 260; c.seqlen_k = 130; c.head_dim = 64; });
+  // Many visits per key block (stages reused over and over while the warpgroups run apart),
+  // the per-element mask path, and soft-cap.
+  mask_case("softcap_global_gqa_d64", [](BwdCase& c) {
+    c.softcap = 25.0f; c.sigma = 2.0; c.global_tokens = {3, 300}; c.window_left = 100; c.window_right = 40;
+    c.seqlen_q = 520; c.seqlen_k = 450; c.heads_q = 6; c.heads_kv = 2; c.head_dim = 64;
+  });
   mask_case("empty_queries", [](BwdCase& c) { c.seqlen_q = 0; c.seqlen_k = 9; c.small = true; });
 
   // GQA groups, including 3.
