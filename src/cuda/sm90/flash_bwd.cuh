@@ -33,7 +33,7 @@
 //
 // Shared memory, 128-byte swizzled tiles (sm90/flash_fwd.cuh's `swizzled`), 1024-aligned:
 //   sK, sV (128 x D)   sQ, sdO (3 stages, 64 x D)   sdS (128 keys x 64 queries)
-//   sdQ (f32, one 64 x 64 part per group)   lse * log2e and D_i (f32, 3 stages of 64)
+//   sdQ (f32, one 64 x 64 part per group; two at D 64)   lse * log2e and D_i (f32, 3 stages of 64)
 //   mbarriers: full and empty per stage.
 #pragma once
 
@@ -62,7 +62,11 @@ struct Sm90BwdTraits {
   static constexpr int kKBytes = kBlockN * D * 2;
   static constexpr int kQBytes = kBlockM * D * 2;  // one stage
   static constexpr int kSBytes = kBlockN * kBlockM * 2;
-  static constexpr int kDqBytes = 2 * kBlockM * 64 * 4;  // each group's 64 x 64 part of dQ
+  // Each group's 64 x 64 part of dQ, in kDqBuffers buffers: at D 64 two, so that a tile's
+  // bulk reduce-add may read its source while the next tile is computed (D 128 has no room).
+  static constexpr int kDqBuffers = D == 64 ? 2 : 1;
+  static constexpr int kDqPartBytes = kBlockM * 64 * 4;
+  static constexpr int kDqBytes = 2 * kDqBuffers * kDqPartBytes;
   static constexpr int kRowBytes = kBlockM * 4;  // lse or D_i of one stage
   static constexpr int kOffV = kKBytes;
   static constexpr int kOffQ = kOffV + kKBytes;
@@ -351,9 +355,9 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     wgmma_commit();
 
     fence_proxy_async();  // this thread's sdS stores, for the wgmma below
-    // The previous tile's dQ reduction has read its shared-memory source before anyone writes
-    // this tile's dQ there (after the barrier).
-    if (dq_issuer && !p.deterministic) bulk_wait_read<0>();
+    // The dQ reduction that last used this tile's sdQ buffer (the previous tile's, or at D 64
+    // the one before) has read it before anyone writes this tile's dQ there (after the barrier).
+    if (dq_issuer && !p.deterministic) bulk_wait_read<Tr::kDqBuffers - 1>();
     // sdS complete (apart: this group's rows, the only ones its dQ reads)
     if (apart) {
       named_barrier_sync(3 + wg, 128);
@@ -392,7 +396,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     float* dq_part = params.dq_accum + ((std::int64_t(b) * Hq + h) * params.m_tiles + m) * (BM * D) +
                      (D == 128 ? wg * (BM * 64) : 0);
     if (!p.deterministic) {
-      float* sdq_part = reinterpret_cast<float*>(smem + Tr::kOffdQ) + wg * (BM * 64);
+      const int dq_buffer = Tr::kDqBuffers == 1 ? wg : 2 * wg + i % 2;  // in sdQ
+      float* sdq_part = reinterpret_cast<float*>(smem + Tr::kOffdQ) + dq_buffer * (BM * 64);
 #pragma unroll
       for (int j = 0; j < 8; ++j)
         *reinterpret_cast<float4*>(sdq_part + (128 * j + wg_tid) * 4) =
@@ -400,7 +405,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
       fence_proxy_async();  // for the bulk reduction's reads
       named_barrier_sync(1 + wg, 128);
       if (dq_issuer) {
-        bulk_reduce_add_f32(dq_part, sdQ + wg * (BM * 64 * 4), BM * 64 * 4);
+        bulk_reduce_add_f32(dq_part, sdQ + dq_buffer * Tr::kDqPartBytes, Tr::kDqPartBytes);
         bulk_commit();
       }
     } else {
