@@ -15,8 +15,8 @@
 //                                  into dq_accum as below. D 128: each group takes its half of
 //                                  the columns over all 128 keys. D 64: each group takes every
 //                                  column over its own 64 keys, and both add into the tile.
-// Loads: K and V once by cp.async from every thread. Q, dO, lse and D_i in three stages, two
-// tiles ahead: by TMA from thread 0 behind one mbarrier per stage where the rows are padded
+// Loads: K and V once by cp.async from every thread. Q, dO, lse and D_i in three stages (four
+// at D 64), two tiles ahead: by TMA from thread 0 behind one mbarrier per stage where the rows are padded
 // (BwdParams::tma), otherwise by cp.async from every thread (whole rows per thread,
 // sm80::copy_tile_rows). Two CTA barriers per tile, as sm80: after the first, the stage of the
 // tile before is free for the loads of the tile after next; the second says sdS is complete.
@@ -32,8 +32,8 @@
 // with plain 16-byte loads and stores instead.
 //
 // Shared memory, 128-byte swizzled tiles (sm90/flash_fwd.cuh's `swizzled`), 1024-aligned:
-//   sK, sV (128 x D)   sQ, sdO (3 stages, 64 x D)   sdS (128 keys x 64 queries)
-//   sdQ (f32, one 64 x 64 part per group; two at D 64)   lse * log2e and D_i (f32, 3 stages of 64)
+//   sK, sV (128 x D)   sQ, sdO (kStages, 64 x D)   sdS (128 keys x 64 queries)
+//   sdQ (f32, one 64 x 64 part per group; two at D 64)   lse * log2e and D_i (f32, kStages of 64)
 //   mbarriers: full and empty per stage.
 #pragma once
 
@@ -57,7 +57,10 @@ struct Sm90BwdTraits {
   static constexpr int kBlockM = 64;   // queries per step
   static constexpr int kBlockN = 128;  // keys per CTA, 64 per warpgroup
   static constexpr int kThreads = 256;
-  static constexpr int kStages = 3;  // of Q, dO, lse, D_i
+  // Stages of Q, dO, lse and D_i; the loads run two tiles ahead. At D 64 one more, so that
+  // thread 0 seldom waits for the other warpgroup (running apart, up to a tile behind) to free
+  // the stage it loads next.
+  static constexpr int kStages = D == 64 ? 4 : 3;
   static_assert(D == 128 || D == 64, "a 128-key block of D 128 (two column blocks of 64) or 64 (one)");
   static constexpr int kKBytes = kBlockN * D * 2;
   static constexpr int kQBytes = kBlockM * D * 2;  // one stage
@@ -217,7 +220,7 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
   for (int i = 0; x < total; ++i) {
     const int stage = i % kStages;
     if (tma) {
-      sm80::cp_async_wait<0>();  // K and V (the only cp.async of this path)
+      if (!apart) sm80::cp_async_wait<0>();  // K and V (the only cp.async of this path; apart: waited for above)
       mbar_wait(bar_full + 8 * stage, (i / kStages) & 1);
     } else {
       sm80::cp_async_wait<1>();
