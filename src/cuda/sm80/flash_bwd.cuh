@@ -74,6 +74,11 @@ struct BwdWalk {
   const detail::MaskParams* mask;
   int seqlen_q, seqlen_k, hk, group, nb;
   int m_lo = 0, mt = 0, total = 0, rotate = 0;
+  // x / mt as ((umulhi(x, mt_mul) + x) >> mt_shift), exact for 0 <= x < 2^31 (round-up
+  // reciprocal): the walk divides by mt several times per visited tile, and a 32-bit
+  // division is ~20 instructions.
+  unsigned mt_mul = 0;
+  int mt_shift = 0;
 
   __device__ BwdWalk(const detail::BackwardProblem& p, int Sq, int Sk, int kv_head, int key_block, int n0, int n1)
       : mask(&p.mask), seqlen_q(Sq), seqlen_k(Sk), hk(kv_head), group(p.group_size()), nb(key_block) {
@@ -82,10 +87,19 @@ struct BwdWalk {
     m_lo = r_lo / BM;
     mt = (r_hi + BM - 1) / BM - m_lo;
     total = group * mt;
-    rotate = p.deterministic ? 0 : nb;
+    if (mt > 0) {
+      rotate = p.deterministic ? 0 : nb % mt;
+      while ((1ll << mt_shift) < mt) ++mt_shift;
+      mt_mul = unsigned(((1ull << 32) * ((1ull << mt_shift) - unsigned(mt))) / unsigned(mt) + 1);
+    }
   }
-  __device__ int head_of(int x) const { return hk * group + x / mt; }
-  __device__ int tile_of(int x) const { return m_lo + (x % mt + rotate) % mt; }
+  __device__ int div_mt(int x) const { return int((__umulhi(unsigned(x), mt_mul) + unsigned(x)) >> mt_shift); }
+  __device__ int head_of(int x) const { return hk * group + div_mt(x); }
+  /// Tiles in rotated order (rotate < mt): the key blocks of a head start on different tiles.
+  __device__ int tile_of(int x) const {
+    const int t = x - div_mt(x) * mt + rotate;
+    return m_lo + (t >= mt ? t - mt : t);
+  }
   __device__ detail::MaskEval eval_of(int h) const { return detail::MaskEval{mask, seqlen_q, seqlen_k, h}; }
   /// The first visited tile at or after x, or total.
   __device__ int next(int x) const {

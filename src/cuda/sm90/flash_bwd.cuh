@@ -291,33 +291,49 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
         }
       }
     }
-    auto probability = [&](int idx, float logit) {
-      const int col = idx / 4 * 8 + lane % 4 * 2 + idx % 2;
-      return ((keep >> idx) & 1u) != 0 ? exp2f(logit - lse_s[col]) : 0.0f;
+    // lse and D_i of this thread's two query columns in 8-query group nt (s[4 nt + e] is column
+    // 8 nt + 2 (lane % 4) + e % 2), one 8-byte load each.
+    auto column_pair = [&](const float* row_values, int nt) {
+      return *reinterpret_cast<const float2*>(row_values + nt * 8 + lane % 4 * 2);
     };
-    auto score_grad = [&](int idx, float dcap) {  // dS = P (dP - D_i) dcap
-      const int col = idx / 4 * 8 + lane % 4 * 2 + idx % 2;
-      dp[idx] = s[idx] * (dp[idx] - dsum_s[col]) * dcap;
+    auto probability = [&](int idx, float logit, float2 lse2) {
+      return ((keep >> idx) & 1u) != 0 ? exp2f(logit - (idx % 2 == 0 ? lse2.x : lse2.y)) : 0.0f;
+    };
+    auto score_grad = [&](int idx, float dcap, float2 dsum2) {  // dS = P (dP - D_i) dcap
+      dp[idx] = s[idx] * (dp[idx] - (idx % 2 == 0 ? dsum2.x : dsum2.y)) * dcap;
     };
     if (!softcap) {
       wgmma_wait<1>();  // S^T; dP^T may still be running
       fence_registers(s);
 #pragma unroll
-      for (int idx = 0; idx < 32; ++idx) s[idx] = probability(idx, s[idx] * params.scale_log2);
+      for (int nt = 0; nt < BM / 8; ++nt) {
+        const float2 lse2 = column_pair(lse_s, nt);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[4 * nt + e] = probability(4 * nt + e, s[4 * nt + e] * params.scale_log2, lse2);
+      }
       wgmma_wait<0>();
       fence_registers(dp);
 #pragma unroll
-      for (int idx = 0; idx < 32; ++idx) score_grad(idx, 1.0f);
+      for (int nt = 0; nt < BM / 8; ++nt) {
+        const float2 dsum2 = column_pair(dsum_s, nt);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) score_grad(4 * nt + e, 1.0f, dsum2);
+      }
     } else {
       // The soft-cap's derivative 1 - tanh^2 is needed beside dP: both first.
       wgmma_wait<0>();
       fence_registers(s);
       fence_registers(dp);
 #pragma unroll
-      for (int idx = 0; idx < 32; ++idx) {
-        const float t = sm80::tanh_exp2(s[idx] * cap_mul);
-        s[idx] = probability(idx, params.softcap_log2 * t);
-        score_grad(idx, 1.0f - t * t);
+      for (int nt = 0; nt < BM / 8; ++nt) {
+        const float2 lse2 = column_pair(lse_s, nt), dsum2 = column_pair(dsum_s, nt);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int idx = 4 * nt + e;
+          const float t = sm80::tanh_exp2(s[idx] * cap_mul);
+          s[idx] = probability(idx, params.softcap_log2 * t, lse2);
+          score_grad(idx, 1.0f - t * t, dsum2);
+        }
       }
     }
 
