@@ -504,18 +504,26 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
         for (int e = 0; e < kScores; ++e) s[e] = params.softcap_log2 * sm80::tanh_exp2(s[e] * (p.scale / p.softcap));
       }
       if ((kind == TileKind::partial || n0 + BN > Sk) && interval_mask) {
+        // This thread's k-th score of a row (k = 2 nt + e) is key c0 + 8 (k / 2) + k % 2: the
+        // keys grow with k, so the allowed ones are a run of k, [k_lo, k_hi], found with a few
+        // integer operations per row instead of two compares per score.
+        const int c0 = n0 + lane % 4 * 2;
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int x = m0 + tile_row(h);
           int lo = 0, hi = Sk - 1;  // padding rows (past Sq) keep finite scores; never stored
           if (x < Sq) me.interval(x + me.offset(), lo, hi);
+          const int d_lo = lo - c0, d_hi = hi - c0;
+          const int k_lo = d_lo <= 0 ? 0 : 2 * (d_lo >> 3) + min(d_lo & 7, 2);  // first k with key >= lo
+          const int k_hi = d_hi < 0 ? -1 : 2 * (d_hi >> 3) + min(d_hi & 7, 1);  // last k with key <= hi
+          const std::uint32_t below_hi = k_hi >= kScores / 2 - 1 ? ~0u : k_hi < 0 ? 0u : (2u << k_hi) - 1u;
+          const std::uint32_t below_lo = k_lo >= kScores / 2 ? ~0u : (1u << k_lo) - 1u;
+          const std::uint32_t keep = below_hi & ~below_lo;
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-              const int j = n0 + nt * 8 + lane % 4 * 2 + e;
-              if (j < lo || j > hi) s[4 * nt + 2 * h + e] = kNegInf;
-            }
+            for (int e = 0; e < 2; ++e)
+              if (((keep >> (2 * nt + e)) & 1u) == 0) s[4 * nt + 2 * h + e] = kNegInf;
         }
       } else if (kind == TileKind::partial || n0 + BN > Sk) {
         // One rolled copy of the predicate fills a bit per score (bit idx is s[idx]).
