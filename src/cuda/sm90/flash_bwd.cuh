@@ -1,8 +1,9 @@
 // FlashAttention backward for Hopper (sm_90a): the sm80 backward's walk (one CTA per key block
 // of 128 keys, kv head and batch, visiting the 64-query tiles of every query head of its group
 // that the mask leaves reachable) with its products on wgmma. D = Dv = 128 or 64; the default
-// there on sm_90 (ATTN_CUDA_BWD=sm80 keeps the mma.sync kernel, src/cuda/backward.cpp): at D
-// 128 2x that kernel, 1.05x / 1.04x SDPA's flash backend, full / causal (bench/gpu_notes_backward.md).
+// there on sm_90 (ATTN_CUDA_BWD=sm80 keeps the mma.sync kernel, src/cuda/backward.cpp): on the
+// H100, 1.15x / 1.12x SDPA's flash backend at D 128 and 1.00x / 0.91x at D 64, full / causal
+// (eleventh session, bench/gpu_notes_backward.md).
 //
 // Two warpgroups, each owning 64 of the block's keys. Per query tile:
 //   S^T = K Q^T, dP^T = V dO^T     64 keys x 64 queries per warpgroup (wgmma m64n64, both from
