@@ -626,7 +626,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
           wgmma_wait<0>();
           fence_registers(o);
           mbar_arrive(bar_empty + 8 * ((i - 1) % kStages));
-          rescale_o(scale_old);  // the first tile's o is 0: nothing to rescale
+          // The first tile's o is 0: nothing to rescale. Later tiles skip it (64 multiplies a
+          // thread) when no row maximum of the warp moved: the factors are then exactly 1.
+          if (__any_sync(0xffffffffu, scale_old[0] != 1.0f || scale_old[1] != 1.0f)) rescale_o(scale_old);
         }
         pack_p(s, pa);
         first = false;
