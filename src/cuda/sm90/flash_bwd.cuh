@@ -252,11 +252,13 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     wgmma_fence();
     // acc = (this group's 64 rows of sKV) (the tile's 64 rows of sQO)^T, both K-major.
     auto issue_keys_by_queries = [&](float (&acc)[32], std::uint32_t sKV, std::uint32_t sQO) {
+      // Descriptors built once, then advanced per k-step (one add each, sw128_desc_advance).
+      const std::uint64_t da0 = sw128_desc(sKV + 64 * wg * 128, 16, 1024), db0 = sw128_desc(sQO, 16, 1024);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const std::uint32_t col = (kk % 4) * 32;
-        const std::uint64_t da = sw128_desc(sKV + (kk / 4) * BN * 128 + 64 * wg * 128 + col, 16, 1024);
-        const std::uint64_t db = sw128_desc(sQO + (kk / 4) * BM * 128 + col, 16, 1024);
+        const std::uint64_t da = sw128_desc_advance(da0, (kk / 4) * BN * 128 + col);
+        const std::uint64_t db = sw128_desc_advance(db0, (kk / 4) * BM * 128 + col);
         wgmma_m64n64k16_ss<T, 0, 0>(acc, da, db, kk > 0 ? 1 : 0);
       }
       wgmma_commit();
@@ -369,9 +371,11 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     };
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) accumulate(dv, pa[kk], sw128_desc(sdOs + kk * 16 * 128, BM * 128, 1024));
+    for (int kk = 0; kk < BM / 16; ++kk)
+      accumulate(dv, pa[kk], sw128_desc_advance(sw128_desc(sdOs, BM * 128, 1024), kk * 16 * 128));
 #pragma unroll
-    for (int kk = 0; kk < BM / 16; ++kk) accumulate(dk, sa[kk], sw128_desc(sQs + kk * 16 * 128, BM * 128, 1024));
+    for (int kk = 0; kk < BM / 16; ++kk)
+      accumulate(dk, sa[kk], sw128_desc_advance(sw128_desc(sQs, BM * 128, 1024), kk * 16 * 128));
     wgmma_commit();
 
     fence_proxy_async();  // this thread's sdS stores, for the wgmma below
@@ -399,8 +403,8 @@ __global__ void __launch_bounds__(Sm90BwdTraits<D>::kThreads, 1)
     const std::uint32_t k_cols = D == 128 ? sK + wg * BN * 128 : sK;
 #pragma unroll
     for (int kk = 0; kk < kDqKeys / 16; ++kk) {
-      const std::uint64_t da = sw128_desc(sdS + (key0 + kk * 16) * 128, BN * 128, 1024);
-      const std::uint64_t db = sw128_desc(k_cols + (key0 + kk * 16) * 128, BN * 128, 1024);
+      const std::uint64_t da = sw128_desc_advance(sw128_desc(sdS, BN * 128, 1024), (key0 + kk * 16) * 128);
+      const std::uint64_t db = sw128_desc_advance(sw128_desc(k_cols, BN * 128, 1024), (key0 + kk * 16) * 128);
       wgmma_m64n64k16_ss<T, 1, 1>(dq, da, db, kk > 0 ? 1 : 0);
     }
     wgmma_commit();

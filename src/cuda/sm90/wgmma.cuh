@@ -192,6 +192,14 @@ __device__ __forceinline__ std::uint64_t sw128_desc(std::uint32_t addr, std::uin
   return d;
 }
 
+/// `desc` (from sw128_desc) with its start address advanced by `bytes` (a multiple of 16 that
+/// keeps the start inside shared memory): the start is the low field of the descriptor's low
+/// word, so this is one 32-bit add. Building every k-step's descriptor from its address
+/// instead costs ~6 instructions per wgmma (mask, shift, or, moves to uniform registers).
+__device__ __forceinline__ std::uint64_t sw128_desc_advance(std::uint64_t desc, std::uint32_t bytes) {
+  return (desc & 0xFFFFFFFF00000000ull) | std::uint32_t(std::uint32_t(desc) + (bytes >> 4));
+}
+
 // The 64 f32 accumulators of an m64n128 wgmma as asm operands %0..%63.
 #define ATTN_WGMMA_D64 \
     "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
