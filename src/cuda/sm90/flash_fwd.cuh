@@ -495,7 +495,7 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
     float l_run[2] = {0.0f, 0.0f};
 
     // Soft-cap, mask and online softmax of tile t's scores (sm80's, on one 16-row m-tile of
-    // 128 keys per warp): s becomes P (f32), l_run and m_run move on, and the factor by which
+    // BN keys per warp): s becomes P (f32), l_run and m_run move on, and the factor by which
     // the output accumulated so far must be rescaled is returned in scale_old.
     auto softmax = [&](float (&s)[kScores], int t, TileKind kind, float (&scale_old)[2]) {
       const int n0 = t * BN;
@@ -516,8 +516,9 @@ __global__ void __launch_bounds__(Sm90FwdTraits<D>::kThreads, 1)
           const int d_lo = lo - c0, d_hi = hi - c0;
           const int k_lo = d_lo <= 0 ? 0 : 2 * (d_lo >> 3) + min(d_lo & 7, 2);  // first k with key >= lo
           const int k_hi = d_hi < 0 ? -1 : 2 * (d_hi >> 3) + min(d_hi & 7, 1);  // last k with key <= hi
-          const std::uint32_t below_hi = k_hi >= kScores / 2 - 1 ? ~0u : k_hi < 0 ? 0u : (2u << k_hi) - 1u;
-          const std::uint32_t below_lo = k_lo >= kScores / 2 ? ~0u : (1u << k_lo) - 1u;
+          constexpr int kRowScores = kScores / 2;  // k < kRowScores (32, or 16 at D 256)
+          const std::uint32_t below_hi = k_hi >= kRowScores - 1 ? ~0u : k_hi < 0 ? 0u : (2u << k_hi) - 1u;
+          const std::uint32_t below_lo = k_lo >= kRowScores ? ~0u : (1u << k_lo) - 1u;
           const std::uint32_t keep = below_hi & ~below_lo;
 #pragma unroll
           for (int nt = 0; nt < BN / 8; ++nt)
