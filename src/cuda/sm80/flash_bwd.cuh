@@ -68,11 +68,18 @@ __device__ __forceinline__ bool bwd_visits(const detail::MaskEval& me, int m, in
 /// x = g * mt + (m - m_lo) for group head g and query tile m in [m_lo, m_hi), the tiles the
 /// mask's interval parts leave reachable; next() skips those it leaves empty. With atomics each
 /// key block starts at a different tile (rotated by nb), so the CTAs of a head do not all add
-/// into the same dQ rows at once; the deterministic order keeps m ascending.
+/// into the same dQ rows at once. The deterministic mode, where key blocks add into a tile in
+/// their order, walks m descending instead: the tiles a block reaches end where the next
+/// block's end or before (causal: all at the last tile; windows: earlier), so every block
+/// reaches a tile at the same step as the blocks before it or later, and waits at most for
+/// their adds. Ascending, block nb of a causal mask starts at tile 2 nb and waits ~2 nb steps
+/// for block 0 to get there, holding its SM the while.
 template <int BM, int BN>
 struct BwdWalk {
   const detail::MaskParams* mask;
   int seqlen_q, seqlen_k, hk, group, nb;
+  // rotate: the first tile's offset from m_lo, or -mt for the deterministic (descending) order:
+  // a value of rotate rather than a flag, which would cost the Hopper kernel a spilled register.
   int m_lo = 0, mt = 0, total = 0, rotate = 0;
   // x / mt as ((umulhi(x, mt_mul) + x) >> mt_shift), exact for 0 <= x < 2^31 (round-up
   // reciprocal): the walk divides by mt several times per visited tile, and a 32-bit
@@ -88,17 +95,18 @@ struct BwdWalk {
     mt = (r_hi + BM - 1) / BM - m_lo;
     total = group * mt;
     if (mt > 0) {
-      rotate = p.deterministic ? 0 : nb % mt;
+      rotate = p.deterministic ? -mt : nb % mt;
       while ((1ll << mt_shift) < mt) ++mt_shift;
       mt_mul = unsigned(((1ull << 32) * ((1ull << mt_shift) - unsigned(mt))) / unsigned(mt) + 1);
     }
   }
   __device__ int div_mt(int x) const { return int((__umulhi(unsigned(x), mt_mul) + unsigned(x)) >> mt_shift); }
   __device__ int head_of(int x) const { return hk * group + div_mt(x); }
-  /// Tiles in rotated order (rotate < mt): the key blocks of a head start on different tiles.
+  /// Tiles in rotated order (rotate < mt): the key blocks of a head start on different tiles;
+  /// deterministic: descending.
   __device__ int tile_of(int x) const {
-    const int t = x - div_mt(x) * mt + rotate;
-    return m_lo + (t >= mt ? t - mt : t);
+    const int r = x - div_mt(x) * mt + rotate;  // descending: r = t - mt < 0, tile mt - 1 - t
+    return m_lo + (r < 0 ? -1 - r : r >= mt ? r - mt : r);
   }
   __device__ detail::MaskEval eval_of(int h) const { return detail::MaskEval{mask, seqlen_q, seqlen_k, h}; }
   /// The first visited tile at or after x, or total.
